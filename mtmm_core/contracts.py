@@ -1,0 +1,27 @@
+"""What each kind of component receives and returns (see docs/plugins.md)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+LOSS_KINDS = ("cross_entropy", "bce", "mse", "l1", "huber", "contrastive")
+
+
+class EncoderOutput(NamedTuple):
+    """An encoder's result: ``tokens`` ``[B, L, D]`` and ``mask`` ``[B, L]`` (bool, True = valid)."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tokens`` ``[B, L, D]`` over valid positions of ``mask`` ``[B, L]``: ``[B, D]``.
+
+    A row with no valid position gives zeros (never NaN).
+    """
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    total = (tokens * weights).sum(dim=1)
+    count = weights.sum(dim=1).clamp_min(1.0)
+    return total / count

@@ -1,0 +1,41 @@
+"""The hooks a plugin implements to add components to mtmm.
+
+Every hook receives a ``register`` callback: ``register(name, factory, **metadata)``.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("mtmm")
+hookimpl = pluggy.HookimplMarker("mtmm")
+
+
+@hookspec
+def register_encoders(register):
+    """Register modality encoders: factories of modules mapping one modality to tokens."""
+
+
+@hookspec
+def register_fusions(register):
+    """Register fusion operators: factories of modules combining modality tokens."""
+
+
+@hookspec
+def register_heads(register):
+    """Register task heads: factories of modules mapping a representation to a prediction."""
+
+
+@hookspec
+def register_architectures(register):
+    """Register multitask architectures: factories of modules giving each task its features."""
+
+
+@hookspec
+def register_weightings(register):
+    """Register loss-weighting strategies: factories of modules combining task losses."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register data sets: factories returning a data set object."""
