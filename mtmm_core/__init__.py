@@ -1,5 +1,39 @@
 """mtmm: multimodal, multitask learning composed from registry names."""
 
+from mtmm_core.components import create, describe, get_component, list_components
+from mtmm_core.contracts import EncoderOutput, masked_mean
+from mtmm_core.errors import (
+    AmbiguousComponentError,
+    MtmmError,
+    PluginError,
+    SpecError,
+    UnknownComponentError,
+)
 from mtmm_core.hookspecs import hookimpl
+from mtmm_core.model import ModelOutput, MultimodalMultitaskModel
+from mtmm_core.plugins import register_plugin, unregister_plugin
+from mtmm_core.registry import KINDS, Component
+from mtmm_core.spec import build_model, load_spec
 
-__all__ = ["hookimpl"]
+__all__ = [
+    "KINDS",
+    "AmbiguousComponentError",
+    "Component",
+    "EncoderOutput",
+    "ModelOutput",
+    "MtmmError",
+    "MultimodalMultitaskModel",
+    "PluginError",
+    "SpecError",
+    "UnknownComponentError",
+    "build_model",
+    "create",
+    "describe",
+    "get_component",
+    "hookimpl",
+    "list_components",
+    "load_spec",
+    "masked_mean",
+    "register_plugin",
+    "unregister_plugin",
+]

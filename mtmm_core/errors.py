@@ -1,0 +1,30 @@
+"""The exceptions mtmm raises; each message says what was wrong and what would be valid."""
+
+from __future__ import annotations
+
+
+class MtmmError(Exception):
+    """Base class of mtmm's own errors."""
+
+
+class PluginError(MtmmError):
+    """A plugin could not be loaded or broke the hook contract."""
+
+
+class UnknownComponentError(MtmmError, KeyError):
+    """No component of that kind has that name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AmbiguousComponentError(MtmmError):
+    """Several distributions registered the same (kind, name)."""
+
+
+class SpecError(MtmmError, ValueError):
+    """A model spec or config is invalid; the message starts with the path in the spec."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)

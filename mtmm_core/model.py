@@ -1,0 +1,195 @@
+"""The composed model: encoders per modality -> one fusion -> multitask architecture -> task heads."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import torch
+from torch import nn
+
+from mtmm_core.contracts import masked_mean
+from mtmm_core.losses import task_loss
+
+
+class ModelOutput(NamedTuple):
+    """``predictions`` per task, the ``present`` masks ``[B]`` used, and the ``fused`` representation ``[B, D]``."""
+
+    predictions: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    fused: torch.Tensor
+
+
+def batch_size_of(x: Any) -> int:
+    """Number of samples in one modality's batch: a tensor, a list, or a dict of those."""
+    if isinstance(x, torch.Tensor):
+        if x.dim() == 0:
+            raise ValueError("expected a batch with a leading batch dimension, got a scalar tensor")
+        return x.shape[0]
+    if isinstance(x, Mapping):
+        sizes = {key: batch_size_of(value) for key, value in x.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"the entries of this modality's batch have different batch sizes: {sizes}")
+        return next(iter(sizes.values()))
+    if isinstance(x, (list, tuple)):
+        return len(x)
+    raise ValueError(f"cannot tell the batch size of a {type(x).__name__}; pass a tensor, a list or a dict")
+
+
+class MultimodalMultitaskModel(nn.Module):
+    """Encoders per modality, one fusion, a multitask architecture, task heads and a loss weighting.
+
+    Call it as ``model(inputs, lengths=None, present=None)``: ``inputs`` maps modality
+    names to their batches (any non-empty subset of the model's modalities), ``lengths``
+    maps a modality to valid lengths ``[B]``, ``present`` maps a modality to a bool
+    ``[B]`` (False = this sample lacks the modality; default all True).
+    """
+
+    def __init__(self, encoders: Mapping[str, nn.Module], fusion: nn.Module, architecture: nn.Module,
+                 heads: Mapping[str, nn.Module], weighting: nn.Module, modality_dropout: float = 0.0,
+                 spec: Mapping[str, Any] | None = None):
+        super().__init__()
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        self.architecture = architecture
+        self.heads = nn.ModuleDict(heads)
+        self.weighting = weighting
+        self.modality_dropout = modality_dropout
+        self.spec = dict(spec or {})
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modality names, sorted."""
+        return sorted(self.encoders)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The task names, in spec order."""
+        return list(self.heads)
+
+    def forward(self, inputs: Mapping[str, Any], lengths: Mapping[str, torch.Tensor] | None = None,
+                present: Mapping[str, torch.Tensor] | None = None) -> ModelOutput:
+        """Predictions for every task from any non-empty subset of the modalities."""
+        lengths, batch = dict(lengths or {}), self._check_inputs(inputs)
+        present = self._presence(inputs, present, batch)
+        if self.training and self.modality_dropout > 0:
+            present = self._drop_modalities(present)
+
+        tokens, masks = {}, {}
+        for modality in sorted(inputs):
+            try:
+                encoded = self.encoders[modality](inputs[modality], lengths.get(modality))
+            except ValueError as error:
+                raise ValueError(f"modality {modality!r}: {error}") from error
+            self._check_encoded(modality, encoded, batch)
+            tokens[modality], masks[modality] = encoded.tokens, encoded.mask & present[modality][:, None]
+
+        fused = self.fusion(tokens, masks, present)
+        if fused.shape != (batch, self.fusion.out_dim):
+            raise ValueError(f"fusion {type(self.fusion).__name__} returned shape {tuple(fused.shape)}, "
+                             f"expected [B={batch}, out_dim={self.fusion.out_dim}]")
+        features = self.architecture(fused)
+        pooled = {m: masked_mean(tokens[m], masks[m]) for m in tokens}
+        predictions = {}
+        for task, head in self.heads.items():
+            if getattr(head, "uses_modalities", False):
+                predictions[task] = head(features[task], pooled=pooled, present=present)
+            else:
+                predictions[task] = head(features[task])
+        return ModelOutput(predictions, present, fused)
+
+    def task_losses(self, output: ModelOutput, targets: Mapping[str, torch.Tensor],
+                    task_masks: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Unweighted per-task losses ``[T]`` in task order; a task without target or label counts 0."""
+        task_masks = dict(task_masks or {})
+        losses = []
+        for task, head in self.heads.items():
+            prediction = output.predictions[task]
+            mask = task_masks.get(task)
+            if head.loss_kind == "contrastive":
+                first, second = head.modalities
+                both = _present_or_false(output.present, first, prediction) & _present_or_false(
+                    output.present, second, prediction)
+                mask = both if mask is None else mask.bool() & both
+                losses.append(task_loss("contrastive", prediction, None, mask))
+            elif task in targets:
+                try:
+                    losses.append(task_loss(head.loss_kind, prediction, targets[task], mask))
+                except (ValueError, RuntimeError, IndexError) as error:
+                    raise ValueError(f"task {task!r} ({head.loss_kind}): {error}") from error
+            else:
+                losses.append(prediction.sum() * 0.0)
+        return torch.stack(losses)
+
+    def compute_loss(self, output: ModelOutput, targets: Mapping[str, torch.Tensor],
+                     task_masks: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted total loss (scalar) and the unweighted loss of each task."""
+        losses = self.task_losses(output, targets, task_masks)
+        return self.weighting(losses), dict(zip(self.tasks, losses))
+
+    def _check_inputs(self, inputs: Mapping[str, Any]) -> int:
+        if not inputs:
+            raise ValueError(f"no modality given; this model takes {', '.join(self.modalities)}")
+        unknown = sorted(set(inputs) - set(self.encoders))
+        if unknown:
+            raise ValueError(f"unknown modality {', '.join(map(repr, unknown))}; this model takes "
+                             f"{', '.join(self.modalities)}")
+        sizes = {}
+        for modality, x in inputs.items():
+            try:
+                sizes[modality] = batch_size_of(x)
+            except ValueError as error:
+                raise ValueError(f"modality {modality!r}: {error}") from error
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"the modalities have different batch sizes (dimension 0): {sizes}")
+        return next(iter(sizes.values()))
+
+    def _presence(self, inputs: Mapping[str, Any], present: Mapping[str, torch.Tensor] | None,
+                  batch: int) -> dict[str, torch.Tensor]:
+        device = next(self.parameters()).device
+        result = {}
+        for modality in inputs:
+            flags = (present or {}).get(modality)
+            if flags is None:
+                flags = torch.ones(batch, dtype=torch.bool, device=device)
+            if flags.shape != (batch,):
+                raise ValueError(f"present[{modality!r}] must have shape [B={batch}], got {tuple(flags.shape)}")
+            result[modality] = flags.to(device=device, dtype=torch.bool)
+        unknown = sorted(set(present or {}) - set(inputs))
+        if unknown:
+            raise ValueError(f"present names modalities that are not in inputs: {', '.join(unknown)}")
+        missing_all = ~torch.stack(list(result.values())).any(dim=0)
+        if bool(missing_all.any()):
+            rows = missing_all.nonzero().squeeze(1).tolist()
+            raise ValueError(f"samples {rows[:10]} have no modality present; every sample needs at least one")
+        return result
+
+    def _drop_modalities(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Modality dropout: hide each present modality with probability p, keeping one per sample."""
+        names = sorted(present)
+        stacked = torch.stack([present[m] for m in names], dim=1)  # [B, M]
+        kept = stacked & (torch.rand(stacked.shape, device=stacked.device) >= self.modality_dropout)
+        empty = ~kept.any(dim=1)
+        if bool(empty.any()):  # restore one random originally-present modality for those samples
+            scores = torch.rand(stacked.shape, device=stacked.device).masked_fill(~stacked, -1.0)
+            restore = torch.zeros_like(stacked).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
+            kept = kept | (restore & empty[:, None])
+        return {m: kept[:, i] for i, m in enumerate(names)}
+
+    def _check_encoded(self, modality: str, encoded: Any, batch: int) -> None:
+        encoder = self.encoders[modality]
+        tokens, mask = encoded
+        if tokens.dim() != 3 or tokens.shape[0] != batch or tokens.shape[2] != encoder.out_dim:
+            raise ValueError(f"encoder {type(encoder).__name__} of modality {modality!r} returned tokens of shape "
+                             f"{tuple(tokens.shape)}, expected [B={batch}, L, D={encoder.out_dim}]")
+        if mask.shape != tokens.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(f"encoder {type(encoder).__name__} of modality {modality!r} returned a mask of shape "
+                             f"{tuple(mask.shape)} and dtype {mask.dtype}, expected bool {tuple(tokens.shape[:2])}")
+
+
+def _present_or_false(present: Mapping[str, torch.Tensor], modality: str, like: torch.Tensor) -> torch.Tensor:
+    flags = present.get(modality)
+    if flags is None:
+        return torch.zeros(like.shape[0], dtype=torch.bool, device=like.device)
+    return flags
