@@ -103,7 +103,7 @@ def _register_with_manager(manager: pluggy.PluginManager, plugin: object, info: 
     except pluggy.PluginValidationError as error:
         raise PluginError(
             f"mtmm plugin {info.name!r} from distribution {info.distribution!r} does not match the hook "
-            f"specification: {error}"
+            f"specification: {_one_line(error)}"
         ) from error
 
 
@@ -193,7 +193,11 @@ def _check_pending(manager: pluggy.PluginManager, plugins: dict[str, PluginInfo]
         info = plugins.get(name)
         source = f" from distribution {info.distribution!r}" if info else ""
         valid = ", ".join(HOOK_OF_KIND.values())
-        raise PluginError(f"mtmm plugin {name!r}{source}: {error}; valid hooks: {valid}") from error
+        raise PluginError(f"mtmm plugin {name!r}{source}: {_one_line(error)}; valid hooks: {valid}") from error
+
+
+def _one_line(error: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def state() -> _State:
