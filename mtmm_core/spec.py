@@ -73,7 +73,7 @@ def build_model(spec: Mapping[str, Any] | str | Path) -> MultimodalMultitaskMode
     task_specs = _mapping(spec["tasks"], "tasks", non_empty=True)
     tasks = list(task_specs)
     name, params = _named(spec.get("architecture", DEFAULT_ARCHITECTURE), "architecture", "name")
-    architecture = _instantiate("architecture", name, params, "architecture",
+    architecture = _instantiate("architecture", name, params, "architecture", defaults={"dim": dim},
                                 in_dim=_out_dim(fusion, "fusion"), tasks=tasks)
 
     heads = {}

@@ -1,0 +1,41 @@
+"""Regression head."""
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from mtmm_plugins.heads.mlp import check_features, check_hidden_and_dropout, check_positive, prediction_mlp
+
+REGRESSION_LOSSES = ("mse", "l1", "huber")
+
+
+class RegressionHead(nn.Module):
+    """Regression: features ``[B, in_dim]`` to values ``[B]`` or ``[B, out_features]``.
+
+    With ``out_features = 1`` the prediction is ``[B]``, otherwise ``[B, K]``. ``loss``
+    (one of ``mse``, ``l1``, ``huber``) becomes the head's ``loss_kind``.
+    """
+
+    metrics = ("mae", "rmse", "r2")
+
+    def __init__(
+        self, *, in_dim: int, out_features: int = 1, hidden: int = 0, dropout: float = 0.0, loss: str = "mse"
+    ):
+        super().__init__()
+        check_positive("in_dim", in_dim)
+        check_positive("out_features", out_features)
+        check_hidden_and_dropout(hidden, dropout)
+        if loss not in REGRESSION_LOSSES:
+            valid = ", ".join(REGRESSION_LOSSES)
+            raise ValueError(f"regression loss {loss!r} is unknown; valid losses: {valid}")
+        self.in_dim = in_dim
+        self.out_features = out_features
+        self.loss_kind = loss
+        self.mlp = prediction_mlp(in_dim, out_features, hidden, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, self.in_dim, "regression head")
+        values = self.mlp(x)
+        if self.out_features == 1:
+            return rearrange(values, "b 1 -> b")
+        return values

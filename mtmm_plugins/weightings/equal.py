@@ -1,0 +1,23 @@
+"""Equal weighting: every task counts once."""
+
+import torch
+
+from mtmm_plugins.weightings.base import LossWeighting
+
+
+class EqualWeighting(LossWeighting):
+    """Sum of the task losses: losses ``[T]`` to their sum ``[]``, each weighted 1.
+
+    A sum, not a mean: adding a task adds its loss at full strength.
+    """
+
+    def __init__(self, *, tasks: list[str]):
+        super().__init__(tasks)
+        self.register_buffer("task_weights", torch.ones(len(self.tasks)), persistent=False)
+
+    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+        self.check_losses(losses)
+        return losses.sum()
+
+    def weights(self) -> torch.Tensor:
+        return self.task_weights.clone()
