@@ -71,8 +71,12 @@ def create(kind: str, name: str, **kwargs: Any) -> Any:
     return component.factory(**kwargs)
 
 
-def check_arguments(component: Component, arguments: dict[str, Any], path: str) -> None:
-    """Raise :class:`SpecError` at ``path.<arg>`` for an unknown, missing or mistyped argument."""
+def check_arguments(component: Component, arguments: dict[str, Any], path: str,
+                    supplied: frozenset[str] = frozenset()) -> None:
+    """Raise :class:`SpecError` at ``path.<arg>`` for an unknown, missing or mistyped argument.
+
+    ``supplied`` names arguments that mtmm passes itself, so they are not missing.
+    """
     signature = inspect.signature(component.factory)
     accepts_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
     known = [n for n, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
@@ -95,7 +99,7 @@ def check_arguments(component: Component, arguments: dict[str, Any], path: str) 
     for key, parameter in signature.parameters.items():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
-        if parameter.default is inspect.Parameter.empty and key not in arguments:
+        if parameter.default is inspect.Parameter.empty and key not in arguments and key not in supplied:
             raise SpecError(f"{prefix}{key}", f"missing required parameter of {label}")
 
 

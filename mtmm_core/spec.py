@@ -98,7 +98,7 @@ def _instantiate(kind: str, name: str, params: dict[str, Any], path: str,
     for argument in wiring:
         if argument in params:
             raise SpecError(f"{path}.{argument}", "is set by mtmm from the rest of the spec; remove it")
-    check_arguments(component, params, path)
+    check_arguments(component, params, path, supplied=frozenset(wiring) | frozenset(defaults or {}))
     accepted = _accepted_arguments(component.factory)
     arguments = {k: v for k, v in (defaults or {}).items() if accepted is None or k in accepted}
     arguments.update(params)

@@ -80,7 +80,8 @@ class TransformerBlock(nn.Module):
     def __init__(self, dim: int, heads: int = 4, context_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
         self.norm_x = nn.LayerNorm(dim)
-        self.norm_context = nn.LayerNorm(dim if context_dim is None else context_dim)
+        # A context of another width gets its own norm; otherwise x's norm serves both (no unused weights).
+        self.norm_context = nn.LayerNorm(context_dim) if context_dim is not None else None
         self.attention = MultiHeadAttention(dim, heads, context_dim, dropout)
         self.norm_ff = nn.LayerNorm(dim)
         self.feed_forward = FeedForward(dim, dropout=dropout)
@@ -92,6 +93,9 @@ class TransformerBlock(nn.Module):
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         normed = self.norm_x(x)
-        context = normed if context is None else self.norm_context(context)
+        if context is None:
+            context = normed
+        else:
+            context = (self.norm_x if self.norm_context is None else self.norm_context)(context)
         x = x + self.attention(normed, context, key_mask)
         return x + self.feed_forward(self.norm_ff(x))

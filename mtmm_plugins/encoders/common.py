@@ -1,0 +1,99 @@
+"""Input checks and the token transformer shared by the built-in encoders.
+
+Every check raises ``ValueError`` naming the offending dimension, what was
+expected and what was given; the model prefixes the modality name.
+"""
+
+import torch
+from torch import nn
+
+from mtmm_plugins.layers import TransformerBlock
+
+
+def check_shape(x: object, what: str, expected: tuple[str | int, ...]) -> None:
+    """Raise ``ValueError`` unless ``x`` is a tensor whose shape matches ``expected``.
+
+    ``expected`` lists one entry per dimension: an ``int`` must match exactly, a
+    ``str`` (a name such as ``"B"``) matches any size. ``what`` names the input.
+    """
+    spec = "[" + ", ".join(str(size) for size in expected) + "]"
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"expected {what} as a tensor {spec}, got {type(x).__name__}")
+    if x.dim() != len(expected):
+        raise ValueError(
+            f"expected {what} {spec} ({len(expected)} dimensions), "
+            f"got {x.dim()} dimensions with shape {list(x.shape)}"
+        )
+    for axis, (want, got) in enumerate(zip(expected, x.shape)):
+        if isinstance(want, int) and got != want:
+            raise ValueError(f"expected {what} {spec}, got dimension {axis} = {got}")
+
+
+def check_floating(x: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` unless ``x`` holds floating-point values."""
+    if not x.is_floating_point():
+        raise ValueError(f"expected floating-point {what}, got dtype {x.dtype}")
+
+
+def check_lengths(lengths: object, batch: int, max_length: int | None = None) -> torch.Tensor:
+    """Validate ``lengths`` ``[B]`` (integers in ``[0, max_length]``) and return them as ``long``.
+
+    ``max_length=None`` only requires the lengths to be non-negative.
+    """
+    check_shape(lengths, "lengths", (batch,))
+    assert isinstance(lengths, torch.Tensor)
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"expected integer lengths [B], got dtype {lengths.dtype}")
+    upper = "inf" if max_length is None else max_length
+    out_of_range = (lengths < 0) if max_length is None else (lengths < 0) | (lengths > max_length)
+    if out_of_range.any():
+        sample = int(out_of_range.nonzero()[0, 0])
+        raise ValueError(
+            f"expected lengths in [0, {upper}], got {int(lengths[sample])} at sample {sample}"
+        )
+    return lengths.long()
+
+
+def prefix_mask(lengths: torch.Tensor, num_positions: int) -> torch.Tensor:
+    """Bool mask ``[B, num_positions]``: True at the first ``lengths[b]`` positions of row ``b``."""
+    positions = torch.arange(num_positions, device=lengths.device)
+    return positions[None, :] < lengths[:, None]
+
+
+def presence_mask(
+    lengths: torch.Tensor | None, batch: int, num_tokens: int, device: torch.device
+) -> torch.Tensor:
+    """Mask ``[B, num_tokens]`` for encoders without a sequence axis (images, table rows).
+
+    ``lengths=None`` marks every token valid; otherwise a sample whose length is 0
+    is absent (its whole row is False) and any other length means present.
+    """
+    if lengths is None:
+        return torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
+    present = check_lengths(lengths, batch).to(device) > 0
+    return present[:, None].expand(batch, num_tokens).clone()
+
+
+class PositionalTransformer(nn.Module):
+    """Learned positions, a stack of ``TransformerBlock``s and a final LayerNorm.
+
+    ``forward(tokens [B, L, D], mask [B, L] bool | None) -> [B, L, D]`` with
+    ``L <= max_len``. Masked positions are neither attended to nor kept: they come
+    out as zeros, so a row with no valid position is all zeros (finite).
+    """
+
+    def __init__(self, dim: int, depth: int, heads: int, max_len: int, dropout: float):
+        super().__init__()
+        self.position_embedding = nn.Parameter(0.02 * torch.randn(max_len, dim))
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout=dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.dropout(tokens + self.position_embedding[: tokens.shape[1]])
+        for block in self.blocks:
+            x = block(x, key_mask=mask)
+        x = self.norm(x)
+        if mask is not None:
+            x = x * mask[..., None].to(x.dtype)
+        return x
