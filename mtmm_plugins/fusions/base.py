@@ -1,0 +1,111 @@
+"""What every built-in fusion shares: argument checks and averaging over present modalities.
+
+A fusion receives three dicts keyed by modality (see docs/plugins.md):
+``tokens[m]`` ``[B, L_m, D_m]``, ``masks[m]`` ``[B, L_m]`` (bool, True = valid token) and
+``present[m]`` ``[B]`` (bool, True = sample has modality ``m``). The tokens of a
+sample without ``m`` are arbitrary, so every fusion either swaps in a learned
+placeholder or leaves ``m`` out of that sample's combination, with ``torch.where``
+(never by multiplying with zero, which would let inf/NaN through).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Fusion(nn.Module):
+    """Base class of the built-in fusions: checks the wiring and the inputs of ``forward``.
+
+    Subclasses implement ``forward(tokens, masks, present) -> [B, out_dim]`` and call
+    ``self.batch_modalities(...)`` first. ``self.modalities`` is ``sorted(input_dims)``:
+    every fusion iterates modalities in that order, so results do not depend on the
+    order of the dicts.
+    """
+
+    def __init__(self, *, input_dims: dict[str, int], dim: int):
+        super().__init__()
+        if not isinstance(input_dims, dict) or not input_dims:
+            raise ValueError(f"input_dims must be a non-empty dict of modality -> width, got {input_dims!r}")
+        for name, width in input_dims.items():
+            if not isinstance(name, str) or not name or "." in name or hasattr(nn.ModuleDict(), name):
+                raise ValueError(
+                    f"modality name {name!r} cannot name a submodule: use a non-empty string "
+                    "without '.' that is not an nn.Module attribute"
+                )
+            if not isinstance(width, int) or isinstance(width, bool) or width <= 0:
+                raise ValueError(f"input_dims[{name!r}] must be a positive int, got {width!r}")
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        self.input_dims = dict(input_dims)
+        self.modalities = sorted(input_dims)
+        self.dim = dim
+        self.out_dim = dim
+
+    def batch_modalities(
+        self,
+        tokens: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+        present: dict[str, torch.Tensor],
+    ) -> list[str]:
+        """Check the inputs of ``forward``; return the batch's modalities in sorted order.
+
+        Raises ValueError naming the modality and dimension when a key is unknown or
+        missing from one of the dicts, a shape or dtype is wrong, the batch sizes
+        disagree, or some sample has no modality present.
+        """
+        names = set(tokens)
+        if not names:
+            raise ValueError(f"fusion got no modality; expected a non-empty subset of {self.modalities}")
+        unknown = sorted(names - set(self.input_dims))
+        if unknown:
+            raise ValueError(f"fusion got unknown modality {unknown[0]!r}; expected a subset of {self.modalities}")
+        for label, other in (("masks", masks), ("present", present)):
+            if set(other) != names:
+                raise ValueError(
+                    f"fusion {label} has modalities {sorted(other)} but tokens has {sorted(names)}; "
+                    "tokens, masks and present must have the same keys"
+                )
+        modalities = [m for m in self.modalities if m in names]
+        batch: int | None = None
+        for m in modalities:
+            batch = self._check_modality(m, tokens[m], masks[m], present[m], batch)
+        if not torch.stack([present[m] for m in modalities]).any(dim=0).all():
+            raise ValueError("fusion got a sample with no modality present; every sample needs at least one")
+        return modalities
+
+    def _check_modality(
+        self, m: str, tokens: torch.Tensor, mask: torch.Tensor, present: torch.Tensor, batch: int | None
+    ) -> int:
+        """Raise ValueError unless ``m``'s tensors fit the contract; return the batch size."""
+        width = self.input_dims[m]
+        if tokens.dim() != 3:
+            raise ValueError(f"{m}: tokens must be [B, L, {width}], got shape {list(tokens.shape)}")
+        if tokens.shape[2] != width:
+            raise ValueError(f"{m}: token width (dim 2) must be {width} (input_dims), got {tokens.shape[2]}")
+        batch = tokens.shape[0] if batch is None else batch
+        if tokens.shape[0] != batch:
+            raise ValueError(
+                f"{m}: batch size (dim 0) must be {batch} like the other modalities, got {tokens.shape[0]}"
+            )
+        expected_mask = (batch, tokens.shape[1])
+        if mask.dtype != torch.bool or tuple(mask.shape) != expected_mask:
+            raise ValueError(
+                f"{m}: mask must be bool {list(expected_mask)}, got {mask.dtype} {list(mask.shape)}"
+            )
+        if present.dtype != torch.bool or tuple(present.shape) != (batch,):
+            raise ValueError(f"{m}: present must be bool [{batch}], got {present.dtype} {list(present.shape)}")
+        return batch
+
+
+def present_mean(features: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Average ``features[m]`` ``[B, D]`` over the modalities present per sample: ``[B, D]``.
+
+    An absent modality's row is left out with ``torch.where``, so its value (even
+    inf/NaN) never reaches the result. ``features`` must not be empty.
+    """
+    names = list(features)
+    stacked = torch.stack([features[m] for m in names])  # [M, B, D]
+    keep = torch.stack([present[m] for m in names])[:, :, None]  # [M, B, 1]
+    total = torch.where(keep, stacked, 0.0).sum(dim=0)
+    return total / keep.sum(dim=0).clamp_min(1).to(total.dtype)
