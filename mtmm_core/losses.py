@@ -14,7 +14,7 @@ def task_loss(kind: str, prediction: torch.Tensor, target: torch.Tensor | None,
               mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean loss of one task over its labelled samples; 0 (with a graph) when none is labelled.
 
-    ``prediction`` and ``target`` follow docs/contracts.md for ``kind``; ``mask`` ``[B]`` bool,
+    ``prediction`` and ``target`` follow docs/plugins.md for ``kind``; ``mask`` ``[B]`` bool,
     False = no label for that sample. Cross entropy also skips targets equal to -100.
     """
     if kind not in LOSS_KINDS:
