@@ -202,3 +202,23 @@ def test_contrastive_task_counts_only_samples_with_both_modalities():
     expected = 0.5 * (torch.nn.functional.cross_entropy(sub, labels) + torch.nn.functional.cross_entropy(sub.t(), labels))
     _, per_task = model.compute_loss(output, {})
     torch.testing.assert_close(per_task["align"], expected)
+
+
+@pytest.mark.parametrize("architecture", [c.name for c in mtmm_core.list_components("architecture")])
+def test_every_architecture_and_head_trains_with_a_modality_missing_for_some_samples(architecture):
+    spec = image_audio_spec("mean", architecture={"name": architecture})
+    spec["tasks"]["tags"] = {"head": "binary", "num_labels": 3}
+    spec["tasks"]["align"] = {"head": "contrastive", "modalities": ["image", "audio"]}
+    model = build_model(spec)
+    inputs, lengths, targets = image_audio_batch(6)
+    targets["tags"] = torch.randint(0, 2, (6, 3)).float()
+    present = {"image": torch.tensor([True, True, False, True, False, True]),
+               "audio": torch.tensor([False, True, True, True, True, False])}
+    output = model(inputs, lengths, present)
+    total, per_task = model.compute_loss(output, targets)
+    total.backward()
+    assert all(torch.isfinite(loss) and loss > 0 for loss in per_task.values())
+    for task, head in model.heads.items():
+        grads = [p.grad for p in head.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), task
+    assert all(torch.isfinite(p.grad).all() for p in model.architecture.parameters())
