@@ -1,7 +1,7 @@
 """mtmm: multimodal, multitask learning composed from registry names."""
 
 from mtmm_core.components import create, describe, get_component, list_components
-from mtmm_core.contracts import EncoderOutput, masked_mean
+from mtmm_core.contracts import Batch, EncoderOutput, masked_mean
 from mtmm_core.errors import (
     AmbiguousComponentError,
     MtmmError,
@@ -18,6 +18,7 @@ from mtmm_core.spec import build_model, load_spec
 __all__ = [
     "KINDS",
     "AmbiguousComponentError",
+    "Batch",
     "Component",
     "EncoderOutput",
     "ModelOutput",

@@ -16,6 +16,21 @@ class EncoderOutput(NamedTuple):
     mask: torch.Tensor
 
 
+class Batch(NamedTuple):
+    """One batch from a data set split.
+
+    ``inputs`` modality -> batch; ``lengths`` modality -> ``[B]`` valid lengths;
+    ``targets`` task -> target; ``present`` modality -> bool ``[B]`` (None = all
+    present); ``task_masks`` task -> bool ``[B]`` (None = every sample labelled).
+    """
+
+    inputs: dict
+    lengths: dict
+    targets: dict
+    present: dict | None = None
+    task_masks: dict | None = None
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``tokens`` ``[B, L, D]`` over valid positions of ``mask`` ``[B, L]``: ``[B, D]``.
 

@@ -29,7 +29,7 @@ def test_half_the_pairs_match_and_the_targets_agree_with_the_sources():
     data = AVDigits(seed=3)
     for split in data.splits.values():
         rows = np.arange(len(split))
-        inputs, lengths, targets = split.batch(rows)
+        inputs, lengths, targets, _, _ = split.batch(rows)
         assert targets["match"].sum().item() == len(split) // 2
         torch.testing.assert_close(targets["digit_sum"], (targets["image_digit"] + targets["audio_digit"]).float())
         assert inputs["image"].shape == (len(split), 1, 8, 8) and 0 <= inputs["image"].min() <= inputs["image"].max() <= 1

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtmm_core.contracts import Batch
+
 DATA_FILE = Path(__file__).with_name("avdigits.npz")
 SPLITS = ("train", "validation", "test")
 TASKS = {
@@ -45,7 +47,7 @@ class AVDigitsSplit:
     def __len__(self) -> int:
         return len(self.audio_index)
 
-    def batch(self, rows: np.ndarray | list[int]) -> tuple[dict, dict, dict]:
+    def batch(self, rows: np.ndarray | list[int]) -> Batch:
         """Tensors for ``rows``: inputs (``image`` ``[B, 1, 8, 8]``, ``audio`` ``[B, T, 13]``), lengths, targets."""
         rows = np.asarray(rows, dtype=np.int64)
         images, recordings = self.image_index[rows], self.audio_index[rows]
@@ -59,7 +61,7 @@ class AVDigitsSplit:
             "match": torch.from_numpy((image_digit == audio_digit).astype(np.float32)),
             "digit_sum": torch.from_numpy((image_digit + audio_digit).astype(np.float32)),
         }
-        return inputs, {"audio": lengths}, targets
+        return Batch(inputs, {"audio": lengths}, targets)
 
 
 class AVDigits:
