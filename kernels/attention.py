@@ -1,0 +1,110 @@
+"""Public entry point :func:`cross_modal_attention` and backend selection.
+
+``backend="auto"`` picks the fused Triton kernel for CUDA tensors it supports and
+the PyTorch fallback otherwise; the environment variable ``MTMM_KERNEL_BACKEND``
+("auto", "triton" or "torch") overrides "auto". Triton is imported only when the
+Triton backend is actually used, so ``import mtmm_kernels`` works without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from ._validate import AttentionArgs, validate_attention_args
+from .attention_torch import attention_torch
+
+BACKENDS = ("auto", "triton", "torch")
+ENV_BACKEND = "MTMM_KERNEL_BACKEND"
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_MAX_HEAD_DIM = 128
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when ``import triton`` succeeds (tried once, on first use)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001  (ImportError, or a broken install raising something else)
+        return False
+    return True
+
+
+def triton_interpreting() -> bool:
+    """True when ``TRITON_INTERPRET`` is set: Triton kernels then run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _triton_unsupported(a: AttentionArgs) -> str | None:
+    """Why the Triton kernel cannot take these arguments, or None when it can."""
+    if not triton_available():
+        return "triton is not installed (or fails to import)"
+    if a.q.device.type != "cuda" and not triton_interpreting():
+        return f"tensors are on {a.q.device}; it needs CUDA tensors (or TRITON_INTERPRET=1 to run on CPU)"
+    if a.q.dtype not in TRITON_DTYPES:
+        return f"dtype {a.q.dtype} is not one of float16, bfloat16, float32"
+    if a.q.shape[-1] > TRITON_MAX_HEAD_DIM:
+        return f"head dim D={a.q.shape[-1]} exceeds {TRITON_MAX_HEAD_DIM}"
+    return None
+
+
+def resolve_backend(backend: str, a: AttentionArgs) -> str:
+    """Turn the requested backend (after the environment override) into "triton" or "torch"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        env = os.environ.get(ENV_BACKEND, "").strip().lower()
+        if env and env not in BACKENDS:
+            raise ValueError(f"environment variable {ENV_BACKEND} must be one of {BACKENDS}, got {env!r}")
+        backend = env or "auto"
+    if backend == "torch":
+        return "torch"
+    if backend == "triton":
+        why = _triton_unsupported(a)
+        if why is not None:
+            raise ValueError(f"backend='triton' cannot run: {why}")
+        return "triton"
+    # auto: Triton on CUDA when it can, PyTorch otherwise (CPU always takes PyTorch).
+    if a.q.device.type == "cuda" and _triton_unsupported(a) is None:
+        return "triton"
+    return "torch"
+
+
+def cross_modal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    key_lengths: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Attention of queries from one modality over keys/values from another.
+
+    Args:
+        q: ``[B, H, Lq, D]`` queries.
+        k, v: ``[B, H, Lk, D]`` keys and values (``Lk`` may differ from ``Lq``).
+        key_lengths: integer ``[B]``; the first ``key_lengths[b]`` keys of sample ``b``
+            are valid (fast path: no mask tensor, key blocks past it are skipped).
+        key_padding_mask: bool ``[B, Lk]``, True = attend (any pattern). At most one
+            of ``key_lengths`` and ``key_padding_mask``.
+        scale: factor on ``q @ k^T``; defaults to ``D ** -0.5``.
+        backend: "auto", "triton" or "torch" (see the module docstring).
+
+    Returns:
+        ``[B, H, Lq, D]`` in the dtype of ``q``. A sample with no valid key gives 0,
+        and 0 gradients. Differentiable in ``q``, ``k`` and ``v``.
+
+    Raises:
+        ValueError: on mismatched shapes, dtypes or devices, bad masks or lengths, an
+            unknown backend, or ``backend="triton"`` where the kernel cannot run.
+    """
+    a = validate_attention_args(q, k, v, key_lengths, key_padding_mask, scale)
+    if resolve_backend(backend, a) == "triton":
+        from .attention_triton import attention_triton  # lazy: imports triton
+
+        return attention_triton(a.q, a.k, a.v, a.key_lengths, a.key_padding_mask, a.scale)
+    return attention_torch(a.q, a.k, a.v, a.key_lengths, a.key_padding_mask, a.scale)
