@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import textwrap
 from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
-from mtmm_core import plugins
+# Without a GPU, the Triton kernels are tested under Triton's interpreter. The variable must be
+# set before any Triton kernel module is imported, so it is set here, before any test module loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from mtmm_core import plugins  # noqa: E402
 
 PLUGIN_VARIABLES = ("MTMM_LOAD_PLUGINS", "MTMM_DISABLE_PLUGINS", "MTMM_STRICT_PLUGINS")
 

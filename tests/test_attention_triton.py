@@ -1,6 +1,6 @@
 """The fused Triton kernel against the float64 reference, forward and gradients.
 
-On a machine without CUDA the kernel runs under Triton's interpreter: this module
+On a machine without CUDA the kernel runs under Triton's interpreter: tests/conftest.py
 sets ``TRITON_INTERPRET=1`` before ``mtmm_kernels.attention_triton`` (whose jit
 functions read it once) is first imported. Interpreted kernels are slow, so the
 cases use small ``B * H``.
@@ -14,13 +14,12 @@ import sys
 import pytest
 import torch
 
+if sys.platform == "linux":
+    import triton  # noqa: F401  (a required dependency on Linux: fail loudly if it is missing)
+else:
+    pytest.importorskip("triton")
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-pytest.importorskip("triton")
-
-_loaded = sys.modules.get("mtmm_kernels.attention_triton")
-if not torch.cuda.is_available() and _loaded is not None and not _loaded.INTERPRETED:
-    pytest.skip("mtmm_kernels.attention_triton was imported before TRITON_INTERPRET=1", allow_module_level=True)
+    assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets TRITON_INTERPRET=1 without CUDA"
 
 from mtmm_kernels import cross_modal_attention  # noqa: E402
 from mtmm_kernels._testing import (  # noqa: E402
