@@ -7,5 +7,13 @@ from __future__ import annotations
 
 from .attention import cross_modal_attention, resolve_backend
 from .attention_reference import attention_reference
+from .multitask_loss import multitask_loss
+from .multitask_loss_reference import multitask_loss_reference
 
-__all__ = ["attention_reference", "cross_modal_attention", "resolve_backend"]
+__all__ = [
+    "attention_reference",
+    "cross_modal_attention",
+    "multitask_loss",
+    "multitask_loss_reference",
+    "resolve_backend",
+]

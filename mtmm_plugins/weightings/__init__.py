@@ -1,15 +1,43 @@
-"""Built-in loss weightings: equal, static and uncertainty."""
+"""Built-in weightings: loss-level (equal, static, uncertainty, dwa, rlw, gls, famo) and
+gradient-level (gradnorm, pcgrad, mgda, cagrad, imtl_g, aligned_mtl). See docs/weightings.md."""
 
 from mtmm_core import hookimpl
+from mtmm_plugins.weightings.aligned_mtl import AlignedMultitask
+from mtmm_plugins.weightings.cagrad import ConflictAverseGradient
+from mtmm_plugins.weightings.dwa import DynamicWeightAverage
 from mtmm_plugins.weightings.equal import EqualWeighting
+from mtmm_plugins.weightings.famo import FastAdaptiveWeighting
+from mtmm_plugins.weightings.gls import GeometricLossWeighting
+from mtmm_plugins.weightings.gradient_base import GradientWeighting
+from mtmm_plugins.weightings.gradnorm import GradNormWeighting
+from mtmm_plugins.weightings.imtl import ImpartialGradientWeighting
+from mtmm_plugins.weightings.mgda import MultipleGradientDescent
+from mtmm_plugins.weightings.pcgrad import ProjectingConflictingGradients
+from mtmm_plugins.weightings.rlw import RandomLossWeighting
 from mtmm_plugins.weightings.static import StaticWeighting
 from mtmm_plugins.weightings.uncertainty import UncertaintyWeighting
 
-__all__ = ["EqualWeighting", "StaticWeighting", "UncertaintyWeighting"]
+#: Registry name -> factory, in the order ``mtmm list weighting`` shows them.
+BUILTIN_WEIGHTINGS = {
+    "equal": EqualWeighting,
+    "static": StaticWeighting,
+    "uncertainty": UncertaintyWeighting,
+    "dwa": DynamicWeightAverage,
+    "rlw": RandomLossWeighting,
+    "gls": GeometricLossWeighting,
+    "famo": FastAdaptiveWeighting,
+    "gradnorm": GradNormWeighting,
+    "pcgrad": ProjectingConflictingGradients,
+    "mgda": MultipleGradientDescent,
+    "cagrad": ConflictAverseGradient,
+    "imtl_g": ImpartialGradientWeighting,
+    "aligned_mtl": AlignedMultitask,
+}
+
+__all__ = [factory.__name__ for factory in BUILTIN_WEIGHTINGS.values()] + ["BUILTIN_WEIGHTINGS", "GradientWeighting"]
 
 
 @hookimpl
 def register_weightings(register):
-    register("equal", EqualWeighting)
-    register("static", StaticWeighting)
-    register("uncertainty", UncertaintyWeighting)
+    for name, factory in BUILTIN_WEIGHTINGS.items():
+        register(name, factory)
