@@ -1,0 +1,329 @@
+"""The training loop, top to bottom: data, model, optimiser, epochs, checkpoints, evaluation.
+
+A run folder holds ``config.yaml``, ``metrics.jsonl`` (one line per epoch),
+``last.pt`` (everything needed to resume), ``best.pt`` (model weights of the best
+epoch on the monitored validation metric) and ``test_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from mtmm_core.checkpoint import load_checkpoint, save_checkpoint
+from mtmm_core.components import create
+from mtmm_core.config import TrainSettings
+from mtmm_core.contracts import Batch
+from mtmm_core.metrics import HIGHER_IS_BETTER, task_metrics
+from mtmm_core.model import MultimodalMultitaskModel
+from mtmm_core.spec import build_model
+
+HEAD_OF_TASK_KIND = {"classification": "classification", "binary": "binary", "regression": "regression"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """A task's loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def load_dataset(data_config: dict[str, Any]) -> Any:
+    """The data set named by the config's ``data`` section (its other keys are the factory's parameters)."""
+    params = {k: v for k, v in data_config.items() if k != "name"}
+    return create("dataset", data_config["name"], **params)
+
+
+def complete_model_spec(spec: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    """Fill in the spec's ``tasks`` from the data set's task kinds when the spec leaves them out."""
+    spec = dict(spec)
+    if "tasks" not in spec:
+        spec["tasks"] = {}
+        for task, info in dataset.tasks.items():
+            entry = {"head": HEAD_OF_TASK_KIND[info["kind"]]}
+            if info["kind"] == "classification":
+                entry["num_classes"] = info["num_classes"]
+            spec["tasks"][task] = entry
+    return spec
+
+
+def choose_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: Batch, device: torch.device, modalities: list[str] | None = None) -> Batch:
+    """Move a batch's tensors to ``device``, keeping only ``modalities`` when given."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return value
+
+    keep = (lambda d: d) if modalities is None else (lambda d: {m: v for m, v in (d or {}).items() if m in modalities})
+    return Batch(move(keep(batch.inputs)), move(keep(batch.lengths)), move(batch.targets),
+                 move(keep(batch.present)) if batch.present is not None else None,
+                 move(batch.task_masks) if batch.task_masks is not None else None)
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float):
+    """LR multiplier: linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to 0."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class ProgressBar:
+    """A one-line progress bar with live per-task losses on a terminal; silent elsewhere."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def update(self, label: str, done: int, total: int, losses: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        filled = int(24 * done / total)
+        shown = "  ".join(f"{task} {value:.3f}" for task, value in losses.items())
+        sys.stderr.write(f"\r{label} [{'=' * filled}{' ' * (24 - filled)}] {done}/{total}  {shown}\033[K")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+@torch.no_grad()
+def evaluate(model: MultimodalMultitaskModel, split: Any, device: torch.device, batch_size: int = 256,
+             modalities: list[str] | None = None) -> dict[str, float]:
+    """Per-task metrics and losses on a whole split, flattened as ``"<task>.<metric>"`` plus ``"loss"``.
+
+    ``modalities`` restricts the inputs to a subset (the model degrades, it does not fail).
+    """
+    model.eval()
+    predictions: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
+    targets: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
+    batch_scores: dict[str, list[float]] = {t: [] for t in model.tasks}
+    loss_sums = torch.zeros(len(model.tasks), dtype=torch.float64)
+    batches = 0
+    for start in range(0, len(split), batch_size):
+        batch = to_device(split.batch(np.arange(start, min(start + batch_size, len(split)))), device, modalities)
+        output = model(batch.inputs, batch.lengths, batch.present)
+        loss_sums += model.task_losses(output, batch.targets, batch.task_masks).double().cpu()
+        batches += 1
+        for task, head in model.heads.items():
+            prediction = output.predictions[task].float()
+            if head.loss_kind == "contrastive":  # similarity within a batch: score per batch
+                batch_scores[task].append(task_metrics(head.metrics, prediction, None)["retrieval_accuracy"])
+                continue
+            mask = (batch.task_masks or {}).get(task)
+            target = batch.targets[task]
+            if mask is not None:
+                prediction, target = prediction[mask], target[mask]
+            predictions[task].append(prediction.cpu())
+            targets[task].append(target.cpu())
+    results: dict[str, float] = {}
+    for index, (task, head) in enumerate(model.heads.items()):
+        results[f"{task}.loss"] = float(loss_sums[index] / batches)
+        if batch_scores[task]:
+            results[f"{task}.retrieval_accuracy"] = float(np.mean(batch_scores[task]))
+        elif predictions[task]:
+            metrics = task_metrics(head.metrics, torch.cat(predictions[task]), torch.cat(targets[task]))
+            results.update({f"{task}.{name}": value for name, value in metrics.items()})
+    results["loss"] = float(loss_sums.sum() / batches)
+    return results
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of ``metric`` ("loss" or "<task>.<name>") improves on ``best``."""
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    higher = HIGHER_IS_BETTER.get(metric.rpartition(".")[2], False)
+    return value > best if higher else value < best
+
+
+class Trainer:
+    """Trains one model on one data set and writes a run folder; ``run()`` returns the test metrics."""
+
+    def __init__(self, config: dict[str, Any], out_dir: str | Path, resume: bool = False):
+        self.config = config
+        self.settings = TrainSettings(**config["train"])
+        self.out_dir = Path(out_dir)
+        self.device = choose_device(self.settings.device)
+        seed_everything(self.settings.seed)
+        self.dataset = load_dataset(config["data"])
+        self.model_spec = complete_model_spec(config["model"], self.dataset)
+        self.model = build_model(self.model_spec).to(self.device)
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                           lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.dataset.splits["train"]) / self.settings.batch_size)
+        total_steps = self.steps_per_epoch * self.settings.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(total_steps, self.settings.warmup_fraction))
+        self.epoch, self.step_in_epoch, self.best, self.stale_epochs = 0, 0, None, 0
+        self.epoch_loss_sums = torch.zeros(len(self.model.tasks), dtype=torch.float64)
+        if resume:
+            self._restore(load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
+        else:
+            self._start_run_folder()
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        """Train until the last epoch or early stopping, then evaluate the best weights on the test split."""
+        try:
+            while self.epoch < self.settings.epochs:
+                self._train_epoch()
+                if self._end_epoch():
+                    break
+        except KeyboardInterrupt:
+            self._save_last()
+            print(f"\ninterrupted: checkpoint saved; continue with `mtmm train --resume {self.out_dir}`",
+                  file=sys.stderr)
+            raise
+        return self.test()
+
+    def _train_epoch(self) -> None:
+        settings, split = self.settings, self.dataset.splits["train"]
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(settings.seed * 100_003 + self.epoch))
+        progress = ProgressBar(settings.progress)
+        self.model.train()
+        for step in range(self.step_in_epoch, self.steps_per_epoch):
+            rows = order[step * settings.batch_size:(step + 1) * settings.batch_size].numpy()
+            batch = to_device(split.batch(rows), self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                output = self.model(batch.inputs, batch.lengths, batch.present)
+                losses = self.model.task_losses(output, batch.targets, batch.task_masks)
+            self._check_finite(losses)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._backward(losses, output)
+            if settings.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            if hasattr(self.model.weighting, "after_step"):  # e.g. FAMO: the losses after the update
+                with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                     enabled=self.device.type == "cuda"):
+                    after = self.model(batch.inputs, batch.lengths, batch.present)
+                    self.model.weighting.after_step(self.model.task_losses(after, batch.targets, batch.task_masks))
+            self.epoch_loss_sums += losses.detach().double().cpu()
+            self.step_in_epoch = step + 1
+            means = (self.epoch_loss_sums / self.step_in_epoch).tolist()
+            progress.update(f"epoch {self.epoch + 1}/{settings.epochs}", step + 1, self.steps_per_epoch,
+                            dict(zip(self.model.tasks, means)))
+        progress.close()
+
+    def _backward(self, losses: torch.Tensor, output: Any) -> None:
+        weighting = self.model.weighting
+        if getattr(weighting, "gradient_level", False):
+            from mtmm_core.weighting import weighted_backward
+
+            weighted_backward(weighting, losses, output.fused)
+        else:
+            weighting(losses.float()).backward()
+
+    def _check_finite(self, losses: torch.Tensor) -> None:
+        bad = [task for task, value in zip(self.model.tasks, losses.detach()) if not torch.isfinite(value)]
+        if bad:
+            raise NonFiniteLossError(
+                f"the loss of task {', '.join(map(repr, bad))} is not finite at epoch {self.epoch + 1}, "
+                f"step {self.step_in_epoch + 1}; stopping. The last good checkpoint is {self.out_dir / 'last.pt'}. "
+                "Try a lower train.lr or train.grad_clip, and check that task's targets.")
+
+    def _end_epoch(self) -> bool:
+        """Validate, log, checkpoint; returns True when early stopping says stop."""
+        train_losses = (self.epoch_loss_sums / max(1, self.steps_per_epoch)).tolist()
+        weighting = self.model.weighting
+        if hasattr(weighting, "end_epoch"):
+            weighting.end_epoch(torch.tensor(train_losses))
+        validation = evaluate(self.model, self.dataset.splits["validation"], self.device,
+                              self.settings.eval_batch_size)
+        monitored = validation.get(self.settings.monitor)
+        if monitored is None:
+            raise ValueError(f"train.monitor {self.settings.monitor!r} is not a validation metric; "
+                             f"available: {', '.join(sorted(validation))}")
+        self.epoch += 1
+        self.step_in_epoch, self.epoch_loss_sums = 0, torch.zeros_like(self.epoch_loss_sums)
+        improved = is_better(self.settings.monitor, monitored, self.best)
+        if improved:
+            self.best, self.stale_epochs = monitored, 0
+            save_checkpoint({"model": self.model.state_dict(), "epoch": self.epoch}, self.out_dir / "best.pt")
+        else:
+            self.stale_epochs += 1
+        record = {
+            "epoch": self.epoch,
+            "lr": self.scheduler.get_last_lr()[0],
+            "train": dict(zip(self.model.tasks, train_losses)),
+            "validation": validation,
+            "task_weights": dict(zip(self.model.tasks, weighting.weights().tolist())),
+            "time": time.time(),
+        }
+        with open(self.out_dir / "metrics.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        self._save_last()
+        summary = "  ".join(f"{k} {v:.3f}" for k, v in validation.items() if not k.endswith(".loss"))
+        print(f"epoch {self.epoch}/{self.settings.epochs}  {summary}", file=sys.stderr)
+        return self.settings.patience > 0 and self.stale_epochs >= self.settings.patience
+
+    def test(self, modalities: list[str] | None = None) -> dict[str, float]:
+        """Metrics of the best weights on the test split, written to ``test_metrics.json``."""
+        if (self.out_dir / "best.pt").is_file():
+            self.model.load_state_dict(load_checkpoint(self.out_dir / "best.pt", self.device)["model"])
+        metrics = evaluate(self.model, self.dataset.splits["test"], self.device, self.settings.eval_batch_size,
+                           modalities)
+        (self.out_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def _start_run_folder(self) -> None:
+        if (self.out_dir / "last.pt").exists():
+            raise FileExistsError(f"{self.out_dir} already holds a run; resume it with --resume or choose --out")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+        (self.out_dir / "metrics.jsonl").write_text("")
+
+    def _save_last(self) -> None:
+        save_checkpoint({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "epoch_loss_sums": self.epoch_loss_sums,
+            "best": self.best,
+            "stale_epochs": self.stale_epochs,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }, self.out_dir / "last.pt")
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.epoch_loss_sums = state["epoch_loss_sums"]
+        self.best, self.stale_epochs = state["best"], state["stale_epochs"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
