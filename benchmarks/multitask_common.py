@@ -56,7 +56,7 @@ def make_inputs(case: Case, dtype: torch.dtype, device: str) -> Inputs:
 
 
 def eager(x: Inputs) -> torch.Tensor:
-    """What the model does today: mtmm_core.losses.task_loss per task, then the equal-weight sum."""
+    """The eager baseline: mtmm_core.losses.task_loss per task, then the equal-weight sum."""
     return torch.stack([task_loss(k, p, t, m) for k, p, t, m in zip(x.kinds, x.preds, x.targets, x.masks)]).sum()
 
 

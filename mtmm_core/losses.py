@@ -1,4 +1,8 @@
-"""Per-task losses for each loss kind, with per-sample label masks."""
+"""Per-task losses composed eagerly from torch.nn.functional, and the contrastive loss.
+
+The model computes its supervised losses with ``mtmm_kernels.multitask_loss`` (all tasks
+in one call); ``task_loss`` is the eager, one-task-at-a-time composition it is benchmarked against.
+"""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from mtmm_core.contracts import masked_mean
-from mtmm_core.losses import task_loss
+from mtmm_core.losses import contrastive_loss
+from mtmm_kernels import multitask_loss
 
 
 class ModelOutput(NamedTuple):
@@ -101,26 +102,44 @@ class MultimodalMultitaskModel(nn.Module):
 
     def task_losses(self, output: ModelOutput, targets: Mapping[str, torch.Tensor],
                     task_masks: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Unweighted per-task losses ``[T]`` in task order; a task without target or label counts 0."""
+        """Unweighted per-task losses ``[T]`` in task order; a task without target or label counts 0.
+
+        The supervised tasks go through ``mtmm_kernels.multitask_loss`` together (one fused
+        launch on GPU). A head with a ``target_scale`` (regression) is scored on
+        ``prediction / scale`` against ``target / scale``, so tasks in different units weigh alike.
+        """
         task_masks = dict(task_masks or {})
-        losses = []
+        losses: dict[str, torch.Tensor] = {}
+        supervised: list[str] = []
         for task, head in self.heads.items():
             prediction = output.predictions[task]
-            mask = task_masks.get(task)
             if head.loss_kind == "contrastive":
                 first, second = head.modalities
                 both = _present_or_false(output.present, first, prediction) & _present_or_false(
                     output.present, second, prediction)
-                mask = both if mask is None else mask.bool() & both
-                losses.append(task_loss("contrastive", prediction, None, mask))
+                mask = task_masks.get(task)
+                losses[task] = contrastive_loss(prediction, both if mask is None else mask.bool() & both)
             elif task in targets:
-                try:
-                    losses.append(task_loss(head.loss_kind, prediction, targets[task], mask))
-                except (ValueError, RuntimeError, IndexError) as error:
-                    raise ValueError(f"task {task!r} ({head.loss_kind}): {error}") from error
+                supervised.append(task)
             else:
-                losses.append(prediction.sum() * 0.0)
-        return torch.stack(losses)
+                losses[task] = prediction.sum() * 0.0
+        if supervised:
+            preds, golds = [], []
+            for task in supervised:
+                prediction, target = output.predictions[task], targets[task]
+                scale = getattr(self.heads[task], "target_scale", None)
+                if scale is not None:
+                    prediction, target = prediction / scale, target / scale
+                preds.append(prediction)
+                golds.append(target)
+            kinds = [self.heads[task].loss_kind for task in supervised]
+            masks = [task_masks.get(task) for task in supervised]
+            try:
+                _, per_task = multitask_loss(preds, golds, kinds, task_masks=masks)
+            except ValueError as error:
+                raise ValueError(f"{error} (task i is the i-th of {supervised})") from error
+            losses.update(zip(supervised, per_task.unbind()))
+        return torch.stack([losses[task].float() for task in self.heads])
 
     def compute_loss(self, output: ModelOutput, targets: Mapping[str, torch.Tensor],
                      task_masks: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -7,6 +7,7 @@ epoch on the monitored validation metric) and ``test_metrics.json``.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -41,8 +42,9 @@ def load_dataset(data_config: dict[str, Any]) -> Any:
 
 
 def complete_model_spec(spec: dict[str, Any], dataset: Any) -> dict[str, Any]:
-    """Fill in the spec's ``tasks`` from the data set's task kinds when the spec leaves them out."""
-    spec = dict(spec)
+    """Fill in what the data set knows: ``tasks`` from its task kinds when the spec leaves them
+    out, and each regression head's ``target_mean``/``target_std`` from the training split."""
+    spec = copy.deepcopy(spec)
     if "tasks" not in spec:
         spec["tasks"] = {}
         for task, info in dataset.tasks.items():
@@ -50,7 +52,26 @@ def complete_model_spec(spec: dict[str, Any], dataset: Any) -> dict[str, Any]:
             if info["kind"] == "classification":
                 entry["num_classes"] = info["num_classes"]
             spec["tasks"][task] = entry
+    for task, entry in spec["tasks"].items():
+        if isinstance(entry, dict) and entry.get("head") == "regression" and "target_std" not in entry:
+            mean, std = target_statistics(dataset.splits["train"], task)
+            entry.setdefault("target_mean", mean)
+            entry["target_std"] = std
     return spec
+
+
+def target_statistics(split: Any, task: str, batch_size: int = 1024) -> tuple[float, float]:
+    """Mean and standard deviation of a regression task's labelled training targets."""
+    values = []
+    for start in range(0, len(split), batch_size):
+        batch = split.batch(np.arange(start, min(start + batch_size, len(split))))
+        target = batch.targets[task].double()
+        mask = (batch.task_masks or {}).get(task)
+        values.append(target[mask] if mask is not None else target)
+    joined = torch.cat(values)
+    if joined.numel() < 2:
+        return 0.0, 1.0
+    return float(joined.mean()), float(joined.std().clamp_min(1e-6))
 
 
 def choose_device(name: str) -> torch.device:

@@ -14,12 +14,25 @@ class RegressionHead(nn.Module):
 
     With ``out_features = 1`` the prediction is ``[B]``, otherwise ``[B, K]``. ``loss``
     (one of ``mse``, ``l1``, ``huber``) becomes the head's ``loss_kind``.
+
+    Predictions are in the target's units: ``target_mean + target_std * mlp(x)``. The
+    model scores them on the scale ``target_std`` (``target_scale``), so a target in
+    the range 0..18 weighs like a classification loss instead of drowning it. The
+    trainer fills both from the training split unless the spec sets them.
     """
 
     metrics = ("mae", "rmse", "r2")
 
     def __init__(
-        self, *, in_dim: int, out_features: int = 1, hidden: int = 0, dropout: float = 0.0, loss: str = "mse"
+        self,
+        *,
+        in_dim: int,
+        out_features: int = 1,
+        hidden: int = 0,
+        dropout: float = 0.0,
+        loss: str = "mse",
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
     ):
         super().__init__()
         check_positive("in_dim", in_dim)
@@ -31,11 +44,15 @@ class RegressionHead(nn.Module):
         self.in_dim = in_dim
         self.out_features = out_features
         self.loss_kind = loss
+        if not target_std > 0:
+            raise ValueError(f"target_std must be positive, got {target_std!r}")
         self.mlp = prediction_mlp(in_dim, out_features, hidden, dropout)
+        self.register_buffer("target_mean", torch.tensor(float(target_mean)))
+        self.register_buffer("target_scale", torch.tensor(float(target_std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features(x, self.in_dim, "regression head")
-        values = self.mlp(x)
+        values = self.target_mean + self.target_scale * self.mlp(x)
         if self.out_features == 1:
             return rearrange(values, "b 1 -> b")
         return values
