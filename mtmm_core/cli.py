@@ -1,4 +1,4 @@
-"""The ``mtmm`` command line: ``list``, ``plugins`` and ``describe``."""
+"""The ``mtmm`` command line: ``list``, ``plugins``, ``describe``, ``train`` and ``evaluate``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import json
 import shutil
 import sys
 import textwrap
+import time
+from pathlib import Path
 from typing import Any, Sequence
+
+import yaml
 
 from mtmm_core import plugins
 from mtmm_core.components import describe, list_components
@@ -86,6 +90,59 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_metrics(metrics: dict[str, float], title: str) -> None:
+    """Test metrics as a task x metric table."""
+    tasks: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        task, _, metric = key.rpartition(".")
+        if task:
+            tasks.setdefault(task, {})[metric] = value
+    print(title)
+    rows = [[task, "  ".join(f"{m} {v:.4f}" for m, v in values.items())] for task, values in tasks.items()]
+    print(_table(rows, ["TASK", "METRICS"]))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mtmm_core.config import load_config, validate_config
+    from mtmm_core.trainer import Trainer
+
+    if args.resume:
+        config = validate_config(yaml.safe_load((Path(args.resume) / "config.yaml").read_text()))
+        out_dir = Path(args.resume)
+    else:
+        overrides = list(args.set or [])
+        if args.data:
+            overrides.append(f"data.name={args.data}")
+        config = load_config(args.config, overrides)
+        out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    started = time.time()
+    try:
+        metrics = Trainer(config, out_dir, resume=bool(args.resume)).run()
+    except KeyboardInterrupt:
+        return 130
+    _print_metrics(metrics, f"test metrics ({time.time() - started:.0f} s, run folder {out_dir}):")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtmm_core.config import validate_config
+    from mtmm_core.trainer import Trainer
+
+    run = Path(args.run_dir)
+    config = validate_config(yaml.safe_load((run / "config.yaml").read_text()))
+    if args.data:
+        config["data"] = {"name": args.data}
+    trainer = Trainer(config, run, resume=True)
+    modalities = args.modalities.split(",") if args.modalities else None
+    metrics = trainer.test(modalities=modalities, write=False)
+    if args.json:
+        _print_json(metrics)
+    else:
+        shown = ", ".join(modalities) if modalities else "all modalities"
+        _print_metrics(metrics, f"test metrics of {run} ({shown}):")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mtmm`` command."""
     parser = argparse.ArgumentParser(prog="mtmm", description="Multimodal, multitask learning from registry names.")
@@ -106,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     describing.add_argument("name", help="component name, or distribution:name")
     describing.add_argument("--json", action="store_true", help="machine-readable output")
     describing.set_defaults(run=cmd_describe)
+
+    training = commands.add_parser("train", help="train a model (default: configs/default.yaml on avdigits)")
+    training.add_argument("config", nargs="?", help="a config file, or the name of a shipped config")
+    training.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    training.add_argument("--data", help="the data set: a registered name")
+    training.add_argument("--out", help="run folder (default runs/<time>)")
+    training.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    training.set_defaults(run=cmd_train)
+
+    evaluating = commands.add_parser("evaluate", help="test metrics of a finished run")
+    evaluating.add_argument("run_dir")
+    evaluating.add_argument("--modalities", help="comma-separated subset of modalities, e.g. image")
+    evaluating.add_argument("--data", help="evaluate on another registered data set")
+    evaluating.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluating.set_defaults(run=cmd_evaluate)
     return parser
 
 

@@ -307,13 +307,14 @@ class Trainer:
         print(f"epoch {self.epoch}/{self.settings.epochs}  {summary}", file=sys.stderr)
         return self.settings.patience > 0 and self.stale_epochs >= self.settings.patience
 
-    def test(self, modalities: list[str] | None = None) -> dict[str, float]:
-        """Metrics of the best weights on the test split, written to ``test_metrics.json``."""
+    def test(self, modalities: list[str] | None = None, write: bool = True) -> dict[str, float]:
+        """Metrics of the best weights on the test split (written to ``test_metrics.json`` when ``write``)."""
         if (self.out_dir / "best.pt").is_file():
             self.model.load_state_dict(load_checkpoint(self.out_dir / "best.pt", self.device)["model"])
         metrics = evaluate(self.model, self.dataset.splits["test"], self.device, self.settings.eval_batch_size,
                            modalities)
-        (self.out_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+        if write:
+            (self.out_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
     # -- checkpoints --------------------------------------------------------------------------------

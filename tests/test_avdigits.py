@@ -31,6 +31,7 @@ def test_half_the_pairs_match_and_the_targets_agree_with_the_sources():
         rows = np.arange(len(split))
         inputs, lengths, targets, _, _ = split.batch(rows)
         assert targets["match"].sum().item() == len(split) // 2
+        assert 0.3 < targets["match"][: len(split) // 4].mean() < 0.7  # matching pairs are interleaved
         torch.testing.assert_close(targets["digit_sum"], (targets["image_digit"] + targets["audio_digit"]).float())
         assert inputs["image"].shape == (len(split), 1, 8, 8) and 0 <= inputs["image"].min() <= inputs["image"].max() <= 1
         assert inputs["audio"].shape[2] == 13 and 6 <= lengths["audio"].min() and lengths["audio"].max() <= 92

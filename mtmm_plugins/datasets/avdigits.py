@@ -103,7 +103,7 @@ class AVDigits:
 
     def _pair(self, name: str, images: np.ndarray, recordings: np.ndarray,
               rng: np.random.Generator) -> AVDigitsSplit:
-        """Pair every recording with an image: the first half (shuffled) same digit, the rest different."""
+        """Pair every recording with an image: half (at random) the same digit, the rest a different one."""
         order = rng.permutation(recordings)
         by_digit = {d: images[self.image_labels[images] == d] for d in range(10)}
         paired = np.empty(len(order), dtype=np.int64)
@@ -114,4 +114,5 @@ class AVDigits:
             else:
                 candidates = images[self.image_labels[images] != digit]
             paired[i] = rng.choice(candidates)
-        return AVDigitsSplit(name, paired, order, self)
+        mixed = rng.permutation(len(order))  # interleave matching and non-matching pairs
+        return AVDigitsSplit(name, paired[mixed], order[mixed], self)

@@ -1,0 +1,148 @@
+"""The trainer on avdigits: it learns, resumes exactly, stops on a non-finite loss, evaluates subsets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mtmm_core
+from mtmm_core.checkpoint import load_checkpoint
+from mtmm_core.cli import main as cli_main
+from mtmm_core.config import load_config
+from mtmm_core.trainer import NonFiniteLossError, Trainer
+from mtmm_plugins.datasets.avdigits import AVDigits
+
+SMALL_MODEL = [
+    "model.dim=32",
+    "model.encoders.image.channels=[16, 32]",
+    "model.encoders.audio.depth=1",
+    "model.fusion.name=concat",
+    "model.fusion.heads=null",
+    "train.progress=false",
+]
+
+
+class FewRows:
+    """The first ``rows`` samples of a split (a data-set plugin defined in a test)."""
+
+    def __init__(self, split, rows: int):
+        self.split, self.rows = split, min(rows, len(split))
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def batch(self, rows):
+        return self.split.batch(rows)
+
+
+class SmallAVDigits:
+    """avdigits cut to a few hundred samples per split, for quick tests."""
+
+    def __init__(self, *, train_rows: int = 512, seed: int = 0):
+        full = AVDigits(seed=seed)
+        self.modalities, self.tasks = full.modalities, full.tasks
+        self.splits = {"train": FewRows(full.splits["train"], train_rows),
+                       "validation": FewRows(full.splits["validation"], 192),
+                       "test": FewRows(full.splits["test"], 192)}
+
+
+class TestDataPlugin:
+    @mtmm_core.hookimpl
+    def register_datasets(self, register):
+        register("small_avdigits", SmallAVDigits)
+
+
+@pytest.fixture
+def small_data():
+    name = mtmm_core.register_plugin(TestDataPlugin(), name="test-data")
+    yield
+    mtmm_core.unregister_plugin(name)
+
+
+def config(*overrides: str) -> dict:
+    cfg = load_config(None, [*SMALL_MODEL, "data.name=small_avdigits", *overrides])
+    cfg["model"]["fusion"] = {"name": "concat"}
+    return cfg
+
+
+def test_a_short_run_learns_well_above_chance_and_writes_its_run_folder(small_data, tmp_path):
+    metrics = Trainer(config("train.epochs=5", "data.train_rows=2100", "train.lr=0.003"), tmp_path / "run").run()
+    assert metrics["image_digit.accuracy"] > 0.4 and metrics["audio_digit.accuracy"] > 0.3  # chance: 0.1
+    assert metrics["digit_sum.mae"] < 3.0  # predicting the mean gives about 3.3
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5]
+    assert set(lines[-1]["task_weights"]) == {"image_digit", "audio_digit", "match", "digit_sum"}
+    written = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert json.dumps(written, sort_keys=True) == json.dumps(metrics, sort_keys=True)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 5 and "optimizer" in state and "scheduler" in state
+
+
+def test_an_interrupted_run_resumes_to_the_same_metrics(small_data, tmp_path, monkeypatch):
+    overrides = ("train.epochs=2", "data.train_rows=384", "model.modality_dropout=0.3")
+    straight = Trainer(config(*overrides), tmp_path / "straight").run()
+
+    calls = {"n": 0}
+    original = FewRows.batch
+
+    def interrupt_at_step_9(self, rows):
+        if len(rows) == 64 and self.rows == 384:
+            calls["n"] += 1
+            if calls["n"] == 9:  # epoch 2, third step
+                raise KeyboardInterrupt
+        return original(self, rows)
+
+    monkeypatch.setattr(FewRows, "batch", interrupt_at_step_9)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(*overrides), tmp_path / "resumed").run()
+    monkeypatch.setattr(FewRows, "batch", original)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step_in_epoch"] == 2
+    resumed = Trainer(config(*overrides), tmp_path / "resumed", resume=True).run()
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(straight, sort_keys=True)
+
+
+def test_a_non_finite_loss_stops_naming_the_task_and_keeps_the_last_good_checkpoint(small_data, tmp_path,
+                                                                                   monkeypatch):
+    trainer = Trainer(config("train.epochs=2", "data.train_rows=128"), tmp_path / "run")
+    original = FewRows.batch
+    calls = {"n": 0}
+
+    def poisoned(self, rows):
+        batch = original(self, rows)
+        if self.rows == 128:
+            calls["n"] += 1
+            if calls["n"] == 3:  # epoch 2
+                batch.targets["digit_sum"][0] = float("nan")
+        return batch
+
+    monkeypatch.setattr(FewRows, "batch", poisoned)
+    with pytest.raises(NonFiniteLossError, match="task 'digit_sum' is not finite at epoch 2"):
+        trainer.run()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+def test_evaluate_with_a_subset_of_modalities_degrades_without_failing(small_data, tmp_path, capsys):
+    Trainer(config("train.epochs=2", "data.train_rows=256"), tmp_path / "run").run()
+    capsys.readouterr()
+    assert cli_main(["evaluate", str(tmp_path / "run"), "--modalities", "image", "--json"]) == 0
+    image_only = json.loads(capsys.readouterr().out)
+    assert 0.0 <= image_only["audio_digit.accuracy"] <= 1.0 and np.isfinite(image_only["loss"])
+
+
+def test_invalid_configs_name_the_key():
+    with pytest.raises(mtmm_core.SpecError, match=r"^train\.epocs: unknown setting; did you mean 'epochs'"):
+        load_config(None, ["train.epocs=3"])
+    with pytest.raises(mtmm_core.SpecError, match=r"^train\.lr: expected float, got str"):
+        load_config(None, ["train.lr=fast"])
+    with pytest.raises(mtmm_core.SpecError, match="^modle: unknown section; did you mean 'model'"):
+        load_config(None, ["modle.dim=3"])
+
+
+def test_gradient_level_weighting_trains_through_the_trainer(small_data, tmp_path):
+    metrics = Trainer(config("train.epochs=1", "data.train_rows=128", "model.weighting.name=pcgrad"),
+                      tmp_path / "run").run()
+    assert all(np.isfinite(v) for k, v in metrics.items() if not k.endswith("auroc"))
+    assert torch.isfinite(load_checkpoint(tmp_path / "run" / "best.pt")["model"]["fusion.output.1.weight"]).all()
