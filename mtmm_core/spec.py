@@ -72,7 +72,7 @@ def build_model(spec: Mapping[str, Any] | str | Path) -> MultimodalMultitaskMode
 
     task_specs = _mapping(spec["tasks"], "tasks", non_empty=True)
     tasks = list(task_specs)
-    name, params = _named(spec.get("architecture", DEFAULT_ARCHITECTURE), "architecture", "name")
+    name, params = _named(_with_default_name(spec.get("architecture"), DEFAULT_ARCHITECTURE), "architecture", "name")
     architecture = _instantiate("architecture", name, params, "architecture", defaults={"dim": dim},
                                 in_dim=_out_dim(fusion, "fusion"), tasks=tasks)
 
@@ -82,7 +82,7 @@ def build_model(spec: Mapping[str, Any] | str | Path) -> MultimodalMultitaskMode
         heads[task] = _instantiate("head", name, params, f"tasks.{task}",
                                    in_dim=_out_dim(architecture, "architecture"), modality_dims=input_dims)
 
-    name, params = _named(spec.get("weighting", DEFAULT_WEIGHTING), "weighting", "name")
+    name, params = _named(_with_default_name(spec.get("weighting"), DEFAULT_WEIGHTING), "weighting", "name")
     weighting = _instantiate("weighting", name, params, "weighting", tasks=tasks)
     return MultimodalMultitaskModel(encoders, fusion, architecture, heads, weighting, modality_dropout, spec)
 
@@ -132,6 +132,15 @@ def _named(entry: Any, path: str, key: str) -> tuple[str, dict[str, Any]]:
     if bad:
         raise SpecError(path, f"parameter names must be strings, got {bad}")
     return name, params
+
+
+def _with_default_name(entry: Any, default: dict[str, str]) -> Any:
+    """The optional sections default their component: ``architecture: {hidden: 256}`` means hard_sharing."""
+    if entry is None:
+        return dict(default)
+    if isinstance(entry, Mapping) and "name" not in entry:
+        return {**default, **entry}
+    return entry
 
 
 def _mapping(value: Any, path: str, non_empty: bool = False) -> dict[str, Any]:

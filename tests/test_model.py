@@ -151,6 +151,13 @@ def test_invalid_specs_name_the_path(edit, path, message):
     assert message in str(error.value)
 
 
+def test_optional_sections_default_their_component_name():
+    model = build_model(image_audio_spec(architecture={"hidden": 48}, weighting={}))
+    assert type(model.architecture).__name__ == "HardParameterSharing"
+    assert type(model.weighting).__name__ == "EqualWeighting"
+    assert model.architecture.out_dim == 48
+
+
 def test_bad_batches_name_the_modality_and_dimension():
     model = build_model(image_audio_spec())
     inputs, lengths, _ = image_audio_batch(4)
