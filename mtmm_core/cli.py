@@ -143,6 +143,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from mtmm_core.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mtmm`` command."""
     parser = argparse.ArgumentParser(prog="mtmm", description="Multimodal, multitask learning from registry names.")
@@ -179,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluating.add_argument("--data", help="evaluate on another registered data set")
     evaluating.add_argument("--json", action="store_true", help="machine-readable output")
     evaluating.set_defaults(run=cmd_evaluate)
+
+    plotting = commands.add_parser("plot", help="PNG of per-task losses, validation metrics and task weights")
+    plotting.add_argument("run_dir")
+    plotting.add_argument("--out", help="PNG path (default RUN_DIR/training.png)")
+    plotting.set_defaults(run=cmd_plot)
     return parser
 
 
@@ -187,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (MtmmError, ValueError) as error:
+    except (MtmmError, ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         print(f"mtmm: error: {error}", file=sys.stderr)
         return 2
 
