@@ -1,4 +1,9 @@
-"""Run configs: a YAML file with ``data``, ``model`` and ``train`` sections, plus ``--set key=value`` overrides."""
+"""Run configs: a YAML file with ``data``, ``model`` and ``train`` sections, plus ``--set key=value`` overrides.
+
+``extends: NAME`` merges a config over another (a file beside it, or a shipped config by name):
+mappings merge key by key, except that a mapping with a ``name`` (a component) replaces the
+base entry whole, so a new fusion does not inherit the old one's parameters.
+"""
 
 from __future__ import annotations
 
@@ -47,15 +52,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not path.is_file():
         shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise SpecError("", f"config {str(path)!r} not found; shipped configs: {', '.join(shipped)}")
+    config = _read_with_extends(path, seen=())
+    for override in overrides or []:
+        apply_override(config, override)
+    return validate_config(config)
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """Read ``path``; an ``extends: NAME`` key merges it over that config (a shipped name or a path)."""
+    if path.resolve() in seen:
+        raise SpecError("extends", f"configs extend each other in a cycle: {' -> '.join(map(str, seen + (path,)))}")
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise SpecError("", f"{path} is not valid YAML: {error}") from error
     if not isinstance(config, dict):
         raise SpecError("", f"{path} must hold a mapping with sections {', '.join(SECTIONS)}")
-    for override in overrides or []:
-        apply_override(config, override)
-    return validate_config(config)
+    base = config.pop("extends", None)
+    if base is None:
+        return config
+    base_path = path.parent / base if (path.parent / base).is_file() else CONFIG_DIR / f"{base}.yaml"
+    if not base_path.is_file():
+        raise SpecError("extends", f"{path} extends {base!r}, which is neither a file beside it nor a shipped config")
+    return _deep_merge(_read_with_extends(base_path, seen + (path.resolve(),)), config)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``: mappings merge key by key, anything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and "name" not in value:
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def apply_override(config: dict[str, Any], override: str) -> None:
