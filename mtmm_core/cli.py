@@ -1,4 +1,4 @@
-"""The ``mtmm`` command line: ``list``, ``plugins``, ``describe``, ``train`` and ``evaluate``."""
+"""The ``mtmm`` command line: ``list``, ``plugins``, ``describe``, ``train``, ``evaluate`` and ``data check``."""
 
 from __future__ import annotations
 
@@ -150,6 +150,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from mtmm_core.userdata import FolderDataset, check_dataset, summary_line
+
+    problems = check_dataset(args.path)
+    summary = None if problems else FolderDataset(args.path, check=False).summary()
+    if args.json:
+        _print_json({"ok": not problems, "problems": [asdict(p) for p in problems], "summary": summary})
+    elif problems:
+        rows = [[p.file, p.field or "-", "-" if p.row is None else str(p.row), p.message] for p in problems]
+        print(_table(rows, ["FILE", "FIELD", "ROW", "PROBLEM"]))
+        print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {args.path}", file=sys.stderr)
+    else:
+        print(summary_line(summary))
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mtmm`` command."""
     parser = argparse.ArgumentParser(prog="mtmm", description="Multimodal, multitask learning from registry names.")
@@ -175,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("config", nargs="?", help="a config file, or the name of a shipped config")
     training.add_argument("--set", action="append", metavar="KEY=VALUE",
                           help="override a config value, e.g. --set train.epochs=5 (repeatable)")
-    training.add_argument("--data", help="the data set: a registered name")
+    training.add_argument("--data", help="the data set: a registered name or a data folder (docs/data.md)")
     training.add_argument("--out", help="run folder (default runs/<time>)")
     training.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     training.set_defaults(run=cmd_train)
@@ -183,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluating = commands.add_parser("evaluate", help="test metrics of a finished run")
     evaluating.add_argument("run_dir")
     evaluating.add_argument("--modalities", help="comma-separated subset of modalities, e.g. image")
-    evaluating.add_argument("--data", help="evaluate on another registered data set")
+    evaluating.add_argument("--data", help="evaluate on another registered data set or data folder")
     evaluating.add_argument("--json", action="store_true", help="machine-readable output")
     evaluating.set_defaults(run=cmd_evaluate)
 
@@ -191,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     plotting.add_argument("run_dir")
     plotting.add_argument("--out", help="PNG path (default RUN_DIR/training.png)")
     plotting.set_defaults(run=cmd_plot)
+
+    data = commands.add_parser("data", help="work with data folders (docs/data.md)")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    checking = data_commands.add_parser("check", help="report every problem of a data folder; exit 1 if any")
+    checking.add_argument("path", help="a folder holding dataset.yaml and .npy files")
+    checking.add_argument("--json", action="store_true", help="machine-readable output")
+    checking.set_defaults(run=cmd_data_check)
     return parser
 
 

@@ -24,9 +24,11 @@ from mtmm_core.checkpoint import load_checkpoint, save_checkpoint
 from mtmm_core.components import create
 from mtmm_core.config import TrainSettings
 from mtmm_core.contracts import Batch
+from mtmm_core.errors import SpecError
 from mtmm_core.metrics import HIGHER_IS_BETTER, task_metrics
 from mtmm_core.model import MultimodalMultitaskModel
 from mtmm_core.spec import build_model
+from mtmm_core.userdata import FolderDataset, is_data_folder
 
 HEAD_OF_TASK_KIND = {"classification": "classification", "binary": "binary", "regression": "regression"}
 
@@ -38,6 +40,8 @@ class NonFiniteLossError(RuntimeError):
 def load_dataset(data_config: dict[str, Any]) -> Any:
     """The data set named by the config's ``data`` section (its other keys are the factory's parameters)."""
     params = {k: v for k, v in data_config.items() if k != "name"}
+    if is_data_folder(data_config["name"]):  # a folder with dataset.yaml (docs/data.md)
+        return FolderDataset(data_config["name"], **params)
     return create("dataset", data_config["name"], **params)
 
 
@@ -52,6 +56,11 @@ def complete_model_spec(spec: dict[str, Any], dataset: Any) -> dict[str, Any]:
             if info["kind"] == "classification":
                 entry["num_classes"] = info["num_classes"]
             spec["tasks"][task] = entry
+    unknown = [task for task in spec["tasks"] if task not in dataset.tasks]
+    if unknown:
+        raise SpecError(f"model.tasks.{unknown[0]}", f"the data set has no task {unknown[0]!r}; its tasks: "
+                        f"{', '.join(dataset.tasks)}. Name those tasks in model.tasks, or leave model.tasks out "
+                        "to take them all from the data set")
     for task, entry in spec["tasks"].items():
         if isinstance(entry, dict) and entry.get("head") == "regression" and "target_std" not in entry:
             mean, std = target_statistics(dataset.splits["train"], task)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = ["README.md", "docs/plugins.md"]
+DOCUMENTS = ["README.md", "docs/plugins.md", "docs/data.md"]
 
 
 def python_blocks(document: str) -> list[str]:
@@ -23,7 +23,8 @@ def test_the_documents_have_examples():
 
 
 @pytest.mark.parametrize("document, index, code", CASES, ids=[f"{d}#{i}" for d, i, _ in CASES])
-def test_python_example_runs(document, index, code):
+def test_python_example_runs(document, index, code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that write files write them here
     exec(compile(code, f"{document} block {index}", "exec"), {"__name__": "docs_example"})
 
 

@@ -146,3 +146,10 @@ def test_gradient_level_weighting_trains_through_the_trainer(small_data, tmp_pat
                       tmp_path / "run").run()
     assert all(np.isfinite(v) for k, v in metrics.items() if not k.endswith("auroc"))
     assert torch.isfinite(load_checkpoint(tmp_path / "run" / "best.pt")["model"]["fusion.output.1.weight"]).all()
+
+
+def test_a_config_naming_tasks_the_data_set_lacks_is_refused_by_name(small_data, tmp_path):
+    cfg = config("train.epochs=1")
+    cfg["model"]["tasks"]["colour"] = {"head": "classification", "num_classes": 3}
+    with pytest.raises(mtmm_core.SpecError, match=r"^model\.tasks\.colour: the data set has no task 'colour'"):
+        Trainer(cfg, tmp_path / "run")
