@@ -1,4 +1,4 @@
-"""The ``mtmm`` command line: ``list``, ``plugins``, ``describe``, ``train``, ``evaluate`` and ``data check``."""
+"""The ``mtmm`` command line: list, plugins, describe, train, evaluate, predict, plot and data check."""
 
 from __future__ import annotations
 
@@ -143,6 +143,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mtmm_core.predict import predict
+
+    modalities = args.modalities.split(",") if args.modalities else None
+    print(predict(args.run_dir, args.data, args.out, modalities=modalities))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from mtmm_core.plot import plot_run
 
@@ -204,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluating.add_argument("--data", help="evaluate on another registered data set or data folder")
     evaluating.add_argument("--json", action="store_true", help="machine-readable output")
     evaluating.set_defaults(run=cmd_evaluate)
+
+    predicting = commands.add_parser("predict", help="predictions of a trained run for every sample (.npz)")
+    predicting.add_argument("run_dir")
+    predicting.add_argument("--data", required=True, help="a registered data set or a data folder")
+    predicting.add_argument("--out", required=True, help="output file (.npz)")
+    predicting.add_argument("--modalities", help="comma-separated subset of modalities")
+    predicting.set_defaults(run=cmd_predict)
 
     plotting = commands.add_parser("plot", help="PNG of per-task losses, validation metrics and task weights")
     plotting.add_argument("run_dir")

@@ -1,6 +1,6 @@
 """The training loop, top to bottom: data, model, optimiser, epochs, checkpoints, evaluation.
 
-A run folder holds ``config.yaml``, ``metrics.jsonl`` (one line per epoch),
+A run folder holds ``config.yaml``, ``model.yaml`` (the completed model spec), ``metrics.jsonl`` (one line per epoch),
 ``last.pt`` (everything needed to resume), ``best.pt`` (model weights of the best
 epoch on the monitored validation metric) and ``test_metrics.json``.
 """
@@ -332,6 +332,7 @@ class Trainer:
             raise FileExistsError(f"{self.out_dir} already holds a run; resume it with --resume or choose --out")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+        (self.out_dir / "model.yaml").write_text(yaml.safe_dump(self.model_spec, sort_keys=False))
         (self.out_dir / "metrics.jsonl").write_text("")
 
     def _save_last(self) -> None:

@@ -132,6 +132,18 @@ def test_evaluate_with_a_subset_of_modalities_degrades_without_failing(small_dat
     assert 0.0 <= image_only["audio_digit.accuracy"] <= 1.0 and np.isfinite(image_only["loss"])
 
 
+def test_predict_writes_every_sample_of_the_data_set(small_data, tmp_path, capsys):
+    Trainer(config("train.epochs=1", "data.train_rows=128"), tmp_path / "run").run()
+    out = tmp_path / "predictions.npz"
+    assert cli_main(["predict", str(tmp_path / "run"), "--data", "small_avdigits", "--out", str(out)]) == 0
+    with np.load(out) as saved:
+        total = 512 + 192 + 192  # the data set as registered: its default train_rows
+        assert len(saved["split"]) == total and set(saved["split"]) == {"train", "validation", "test"}
+        assert saved["image_digit"].shape == (total, 10) and saved["image_digit.label"].shape == (total,)
+        assert ((saved["match.probability"] >= 0) & (saved["match.probability"] <= 1)).all()
+        assert saved["digit_sum"].shape == (total,) and np.isfinite(saved["digit_sum"]).all()
+
+
 def test_invalid_configs_name_the_key():
     with pytest.raises(mtmm_core.SpecError, match=r"^train\.epocs: unknown setting; did you mean 'epochs'"):
         load_config(None, ["train.epocs=3"])
