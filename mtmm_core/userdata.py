@@ -1,534 +1,34 @@
-"""User data on disk: a folder with ``dataset.yaml`` and ``.npy`` arrays (see docs/data.md).
+"""User data on disk as a data set: ``FolderDataset(path)`` (see docs/data.md).
 
-``check_dataset(path)`` lists every problem of a folder (file, field, row, message)
-while reading the arrays in bounded chunks; ``FolderDataset(path)`` checks the folder,
-then serves batches read from memory-mapped arrays, so a data set larger than memory
-trains. It has the interface of the built-in data sets: ``modalities``, ``tasks`` and
+``FolderDataset`` checks the folder (``mtmm_core.datacheck``), then serves batches read
+from memory-mapped arrays, so a data set larger than memory trains. It has the
+interface of the built-in data sets: ``modalities``, ``tasks`` and
 ``splits["train" | "validation" | "test"]`` with ``len()`` and ``batch(rows) -> Batch``.
 """
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
 from mtmm_core.contracts import Batch
-
-CONFIG_FILE = "dataset.yaml"
-SPLITS = ("train", "validation", "test")
-TOP_KEYS = ("modalities", "tasks", "splits", "description")
-MODALITY_KEYS = {
-    "array": {"required": ("kind", "file"), "optional": ("scale", "present")},
-    "sequence": {"required": ("kind", "values", "offsets"), "optional": ("scale", "present")},
-}
-TASK_KEYS = {
-    "classification": {"required": ("kind", "file", "num_classes"), "optional": ()},
-    "binary": {"required": ("kind", "file"), "optional": ()},
-    "regression": {"required": ("kind", "file"), "optional": ()},
-}
-SPLIT_KEYS = ("file", "seed", "fractions")
-DEFAULT_SPLITS = {"fractions": [0.8, 0.1, 0.1]}  # seed: dataset.yaml's, else data.seed, else 0
-CHUNK_BYTES = 32 * 2**20  # how much of an array one scanning step reads
-SHOWN_ROWS = 5  # rows quoted in one problem's message
+from mtmm_core.datacheck import (  # noqa: F401  (Problem, check_dataset, is_data_folder: re-exported)
+    CONFIG_FILE,
+    DEFAULT_SPLITS,
+    SPLITS,
+    Problem,
+    check_dataset,
+    is_data_folder,
+    missing_labels,
+    row_chunks,
+    split_sizes,
+)
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a data folder: ``file`` (relative to the folder), ``field`` of
-    dataset.yaml (dotted), ``row`` (sample index, None when not about one row), ``message``."""
-
-    file: str
-    field: str
-    row: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = ", ".join(part for part in (self.file, self.field,
-                                            None if self.row is None else f"row {self.row}") if part)
-        return f"{where}: {self.message}"
-
-
-def is_data_folder(name: Any) -> bool:
-    """Whether ``name`` is a path to a folder holding ``dataset.yaml``."""
-    return isinstance(name, (str, Path)) and (Path(name) / CONFIG_FILE).is_file()
-
-
-# -- helpers -----------------------------------------------------------------------------------------
-def _close(name: Any, valid: tuple[str, ...] | list[str]) -> str:
-    match = difflib.get_close_matches(str(name), list(valid), n=1)
-    return f"; did you mean {match[0]!r}?" if match else ""
-
-
-def _shown(rows: np.ndarray, values: np.ndarray | None = None, word: str = "row") -> str:
-    """``rows 3, 8, 9 (values 12, -2, 11)`` for the first few rows, with the count when more."""
-    head = [int(r) for r in rows[:SHOWN_ROWS]]
-    text = ", ".join(map(str, head)) + (f", ... ({len(rows)} in all)" if len(rows) > SHOWN_ROWS else "")
-    if values is not None:
-        text += " (values " + ", ".join(_fmt(v) for v in values[:SHOWN_ROWS]) + ")"
-    return f"{word} {text}" if len(rows) == 1 else f"{word}s {text}"
-
-
-def _fmt(value: Any) -> str:
-    value = np.asarray(value)
-    if value.ndim:
-        return "[" + ", ".join(_fmt(v) for v in value.ravel()[:4]) + (", ...]" if value.size > 4 else "]")
-    return f"{value.item():g}" if value.dtype.kind == "f" else str(value.item())
-
-
-def _row_chunks(rows: int, row_bytes: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int]]:
-    step = max(1, chunk_bytes // max(1, row_bytes))
-    for start in range(0, rows, step):
-        yield start, min(rows, start + step)
-
-
-def _row_bytes(array: np.ndarray) -> int:
-    return int(array.dtype.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
-
-
-def _scan_rows(array: np.ndarray, bad_of_chunk) -> tuple[np.ndarray, np.ndarray]:
-    """Rows where ``bad_of_chunk(chunk)`` (a bool ``[rows]``) holds, and their values (first few only)."""
-    rows, values = [], []
-    for start, stop in _row_chunks(len(array), _row_bytes(array)):
-        chunk = np.asarray(array[start:stop])
-        bad = np.flatnonzero(bad_of_chunk(chunk))
-        if len(bad):
-            rows.append(bad + start)
-            if sum(map(len, values)) < SHOWN_ROWS:
-                values.append(chunk[bad[:SHOWN_ROWS]])
-    if not rows:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    return np.concatenate(rows), np.concatenate(values)
-
-
-def _per_row(flags: np.ndarray) -> np.ndarray:
-    """Collapse a ``[rows, ...]`` bool array to ``[rows]``: any flag set in the row."""
-    return flags.reshape(len(flags), -1).any(axis=1) if flags.ndim > 1 else flags
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# -- reading dataset.yaml ----------------------------------------------------------------------------
-class _Checker:
-    """Collects problems while reading a folder; ``N`` (and where it came from) fixed by the first array."""
-
-    def __init__(self, root: Path, chunk_bytes: int):
-        self.root, self.chunk_bytes = root, chunk_bytes
-        self.problems: list[Problem] = []
-        self.rows: int | None = None
-        self.rows_source = ""
-
-    def add(self, file: str, field: str, row: int | None, message: str) -> None:
-        self.problems.append(Problem(file, field, None if row is None else int(row), message))
-
-    def keys(self, entry: Any, field: str, required: tuple[str, ...], optional: tuple[str, ...]) -> bool:
-        """Check that ``entry`` is a mapping with the required keys and no unknown ones."""
-        if not isinstance(entry, dict):
-            self.add(CONFIG_FILE, field, None, f"expected a mapping with keys {', '.join(required)}, "
-                                               f"got {type(entry).__name__} {entry!r}")
-            return False
-        valid = required + optional
-        for key in entry:
-            if key not in valid:
-                self.add(CONFIG_FILE, f"{field}.{key}", None,
-                         f"unknown key{_close(key, valid)} Valid keys: {', '.join(valid)}")
-        for key in required:
-            if key not in entry:
-                self.add(CONFIG_FILE, f"{field}.{key}", None, "missing")
-        return all(key in entry for key in required)
-
-    def open(self, entry: dict, key: str, field: str) -> np.ndarray | None:
-        """Memory-map the ``.npy`` file named by ``entry[key]``, or record why it cannot be."""
-        name = entry.get(key)
-        if not isinstance(name, str) or not name:
-            if key in entry:
-                self.add(CONFIG_FILE, f"{field}.{key}", None, f"expected a file name, got {name!r}")
-            return None
-        path = self.root / name
-        if not path.is_file():
-            self.add(name, f"{field}.{key}", None, f"file not found (looked for {path})")
-            return None
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except Exception as error:  # noqa: BLE001 - any reason the file is not a plain .npy array
-            self.add(name, f"{field}.{key}", None, f"not a readable .npy array: {error}")
-            return None
-        if not isinstance(array, np.ndarray) or array.ndim == 0:
-            self.add(name, f"{field}.{key}", None, "expected an array with one row per sample")
-            return None
-        return array
-
-    def count(self, file: str, field: str, rows: int, what: str = "rows") -> bool:
-        """Check a row count against ``N``; the first array seen sets ``N``."""
-        if self.rows is None:
-            self.rows, self.rows_source = rows, f"{file} ({field})"
-            return True
-        if rows != self.rows:
-            self.add(file, field, None, f"has {rows} {what}, expected {self.rows} "
-                                        f"(the number of samples in {self.rows_source})")
-            return False
-        return True
-
-
-def check_dataset(path: str | Path, *, chunk_bytes: int = CHUNK_BYTES) -> list[Problem]:
-    """Every problem of the data folder at ``path`` (an empty list when it is valid).
-
-    Arrays are memory-mapped and scanned ``chunk_bytes`` at a time, so checking a data
-    set larger than memory works.
-    """
-    return _check(Path(path), chunk_bytes)[0]
-
-
-def _check(root: Path, chunk_bytes: int = CHUNK_BYTES) -> tuple[list[Problem], dict[str, Any]]:
-    """The problems and, for a valid folder, what was learned (``N``, lengths of sequences)."""
-    checker = _Checker(root, chunk_bytes)
-    spec = _read_yaml(checker)
-    if spec is None:
-        return checker.problems, {}
-    presence: dict[str, Any] = {}  # modality -> (present array or None, lengths of a sequence or None)
-    modalities = spec.get("modalities")
-    if not isinstance(modalities, dict) or not modalities:
-        checker.add(CONFIG_FILE, "modalities", None,
-                    "expected a non-empty mapping of modality names to {kind: array | sequence, ...}")
-        modalities = {}
-    for name, entry in modalities.items():
-        presence[name] = _check_modality(checker, str(name), entry)
-    tasks = spec.get("tasks")
-    if not isinstance(tasks, dict) or not tasks:
-        checker.add(CONFIG_FILE, "tasks", None,
-                    "expected a non-empty mapping of task names to {kind: classification | binary | regression, ...}")
-        tasks = {}
-    for name, entry in tasks.items():
-        _check_task(checker, str(name), entry)
-    _check_splits(checker, spec.get("splits", DEFAULT_SPLITS))
-    if modalities and all(value is not None for value in presence.values()):
-        _check_some_modality_present(checker, presence)
-    return checker.problems, {"rows": checker.rows}
-
-
-def _read_yaml(checker: _Checker) -> dict | None:
-    root = checker.root
-    if not root.is_dir():
-        checker.add(str(root), "", None, "not a folder; a data folder holds dataset.yaml and .npy files")
-        return None
-    if not (root / CONFIG_FILE).is_file():
-        checker.add(CONFIG_FILE, "", None, f"missing: {root} has no {CONFIG_FILE} (see docs/data.md for the format)")
-        return None
-    try:
-        spec = yaml.safe_load((root / CONFIG_FILE).read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        checker.add(CONFIG_FILE, "", None, f"not valid YAML{where}: {getattr(error, 'problem', None) or error}")
-        return None
-    if not isinstance(spec, dict):
-        checker.add(CONFIG_FILE, "", None, f"expected a mapping with keys modalities, tasks (and splits), "
-                                           f"got {type(spec).__name__}")
-        return None
-    for key in spec:
-        if key not in TOP_KEYS:
-            checker.add(CONFIG_FILE, str(key), None, f"unknown key{_close(key, TOP_KEYS)} Valid keys: {', '.join(TOP_KEYS)}")
-    return spec
-
-
-def _check_kind(checker: _Checker, entry: Any, field: str, kinds: dict) -> str | None:
-    if not isinstance(entry, dict):
-        checker.add(CONFIG_FILE, field, None, f"expected a mapping with a kind ({' | '.join(kinds)}), got {entry!r}")
-        return None
-    kind = entry.get("kind")
-    if kind not in kinds:
-        message = "missing" if kind is None else f"unknown kind {kind!r}{_close(kind, tuple(kinds))}"
-        checker.add(CONFIG_FILE, f"{field}.kind", None, f"{message}; valid kinds: {', '.join(kinds)}")
-        return None
-    return kind
-
-
-def _check_modality(checker: _Checker, name: str, entry: Any):
-    """Check one modality; returns ``(present or None, lengths or None)`` when its rows can be trusted."""
-    field = f"modalities.{name}"
-    kind = _check_kind(checker, entry, field, MODALITY_KEYS)
-    if kind is None:
-        return None
-    checker.keys(entry, field, *MODALITY_KEYS[kind].values())
-    if "scale" in entry and not _number(entry["scale"]):
-        checker.add(CONFIG_FILE, f"{field}.scale", None, f"expected a number, got {entry['scale']!r}")
-    ok, lengths = True, None
-    if kind == "array":
-        ok = _check_array(checker, entry, field)
-    else:
-        lengths = _check_sequence(checker, entry, field)
-        ok = lengths is not None
-    present = None
-    if "present" in entry:
-        present = _check_present(checker, entry, field)
-        ok = ok and present is not None
-    return (present, lengths) if ok else None
-
-
-def _check_values(checker: _Checker, array: np.ndarray, file: str, field: str, sample_of=None,
-                  frames: bool = False) -> bool:
-    """A float or integer array whose values are all finite. For the frames of a sequence
-    (``frames``), ``sample_of`` maps a frame to its sample (None when the offsets are unusable)."""
-    if array.dtype.kind not in "fiu":
-        checker.add(file, field, None, f"expected float or integer values, got dtype {array.dtype}")
-        return False
-    if array.dtype.kind != "f":
-        return True
-    bad, values = _scan_rows(array, lambda chunk: _per_row(~np.isfinite(chunk)))
-    if len(bad):
-        if not frames:
-            checker.add(file, field, int(bad[0]), f"non-finite values (NaN or inf) in {_shown(bad)}; "
-                                                  "mark a missing sample with a present file instead")
-        elif sample_of is None:
-            checker.add(file, field, None, f"non-finite values (NaN or inf) in {_shown(bad, word='frame')}")
-        else:
-            samples = np.unique(sample_of(bad))
-            checker.add(file, field, int(samples[0]),
-                        f"non-finite values (NaN or inf) in {_shown(samples)} "
-                        f"({_shown(bad, word='frame')}); give a missing sample length 0 instead")
-        return False
-    return True
-
-
-def _check_array(checker: _Checker, entry: dict, field: str) -> bool:
-    array = checker.open(entry, "file", field)
-    if array is None:
-        return False
-    file, field = entry["file"], f"{field}.file"
-    ok = True
-    if array.ndim < 2:
-        checker.add(file, field, None, f"expected shape [N, ...] with at least one feature axis (e.g. "
-                                       f"[N, F] or [N, C, H, W]), got {list(array.shape)}")
-        ok = False
-    ok = checker.count(file, field, array.shape[0]) and ok
-    return _check_values(checker, array, file, field) and ok
-
-
-def _check_sequence(checker: _Checker, entry: dict, field: str) -> np.ndarray | None:
-    """Check values and offsets; returns the per-sample lengths (a memory-mapped difference view)."""
-    values = checker.open(entry, "values", field)
-    offsets = checker.open(entry, "offsets", field)
-    offsets_ok = offsets is not None
-    if offsets is not None:
-        file, ofield = entry["offsets"], f"{field}.offsets"
-        if offsets.ndim != 1 or offsets.dtype.kind not in "iu":
-            checker.add(file, ofield, None, f"expected integer offsets [N + 1], got dtype {offsets.dtype} "
-                                            f"shape {list(offsets.shape)}")
-            offsets_ok = False
-        elif len(offsets) == 0:
-            checker.add(file, ofield, None, "is empty; expected N + 1 offsets starting at 0")
-            offsets_ok = False
-        else:
-            offsets_ok = checker.count(file, ofield, len(offsets) - 1, "samples (offsets minus one)")
-            if int(offsets[0]) != 0:
-                checker.add(file, ofield, 0, f"the first offset is {int(offsets[0])}, expected 0")
-                offsets_ok = False
-            drops = _decreasing(offsets, checker.chunk_bytes)
-            if len(drops):
-                checker.add(file, ofield, int(drops[0]),
-                            f"offsets decrease (offsets[i + 1] < offsets[i]) at {_shown(drops)}: "
-                            "offsets must be non-decreasing")
-                offsets_ok = False
-            if values is not None and values.ndim >= 1 and int(offsets[-1]) != len(values):
-                checker.add(file, ofield, len(offsets) - 1, f"the last offset is {int(offsets[-1])}, expected "
-                                                            f"{len(values)} (the number of frames in {entry['values']})")
-                offsets_ok = False
-    values_ok = values is not None
-    if values is not None:
-        file, vfield = entry["values"], f"{field}.values"
-        if values.ndim != 2:
-            checker.add(file, vfield, None, f"expected frames [total, F], got shape {list(values.shape)}")
-            values_ok = False
-        else:
-            sample_of = (lambda frames: np.searchsorted(offsets, frames, side="right") - 1) if offsets_ok else None
-            values_ok = _check_values(checker, values, file, vfield, sample_of, frames=True)
-    if not (offsets_ok and values_ok):
-        return None
-    return offsets
-
-
-def _decreasing(offsets: np.ndarray, chunk_bytes: int) -> np.ndarray:
-    """Rows ``i`` with ``offsets[i + 1] < offsets[i]``, scanned in chunks."""
-    found = []
-    for start, stop in _row_chunks(len(offsets) - 1, 2 * offsets.dtype.itemsize, chunk_bytes):
-        part = np.asarray(offsets[start:stop + 1]).astype(np.int64)
-        bad = np.flatnonzero(np.diff(part) < 0)
-        if len(bad):
-            found.append(bad + start)
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-
-
-def _check_present(checker: _Checker, entry: dict, field: str) -> np.ndarray | None:
-    present = checker.open(entry, "present", field)
-    if present is None:
-        return None
-    file, field = entry["present"], f"{field}.present"
-    if present.ndim != 1 or present.dtype.kind not in "biu":
-        checker.add(file, field, None, f"expected bool [N] (or 0/1 integers), got dtype {present.dtype} "
-                                       f"shape {list(present.shape)}")
-        return None
-    ok = checker.count(file, field, len(present))
-    if present.dtype.kind != "b":
-        bad, values = _scan_rows(present, lambda chunk: (chunk != 0) & (chunk != 1))
-        if len(bad):
-            checker.add(file, field, int(bad[0]), f"values other than 0 and 1 at {_shown(bad, values)}")
-            ok = False
-    return present if ok else None
-
-
-def _check_task(checker: _Checker, name: str, entry: Any) -> None:
-    field = f"tasks.{name}"
-    kind = _check_kind(checker, entry, field, TASK_KEYS)
-    if kind is None:
-        return
-    checker.keys(entry, field, *TASK_KEYS[kind].values())
-    num_classes = entry.get("num_classes")
-    if kind == "classification" and "num_classes" in entry and (
-            not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2):
-        checker.add(CONFIG_FILE, f"{field}.num_classes", None, f"expected an integer >= 2, got {num_classes!r}")
-        num_classes = None
-    labels = checker.open(entry, "file", field)
-    if labels is None:
-        return
-    file, field = entry["file"], f"{field}.file"
-    if kind == "classification" and labels.ndim != 1:
-        checker.add(file, field, None, f"expected class labels [N], got shape {list(labels.shape)}")
-        return
-    if labels.ndim > 2:
-        checker.add(file, field, None, f"expected labels [N] or [N, K], got shape {list(labels.shape)}")
-        return
-    checker.count(file, field, labels.shape[0])
-    if labels.dtype.kind not in "biuf" or (labels.dtype.kind == "b" and kind != "binary"):
-        checker.add(file, field, None, f"expected {'integer' if kind == 'classification' else 'float'} labels, "
-                                       f"got dtype {labels.dtype}")
-        return
-    floating = labels.dtype.kind == "f"
-    if kind == "classification":
-        if num_classes is not None:
-            valid = lambda c: (c == -1) | ((c >= 0) & (c < num_classes)) | (np.isnan(c) if floating else False)  # noqa: E731
-            bad, values = _scan_rows(labels, lambda c: ~valid(c))
-            if len(bad):
-                checker.add(file, field, int(bad[0]), f"class labels outside [0, {num_classes}) at "
-                                                      f"{_shown(bad, values)} (-1 marks a missing label)")
-        if floating:
-            bad, values = _scan_rows(labels, lambda c: np.isfinite(c) & (c != np.round(c)))
-            if len(bad):
-                checker.add(file, field, int(bad[0]), f"class labels that are not integers at {_shown(bad, values)}")
-    elif kind == "binary":
-        if labels.dtype.kind != "b":
-            bad, values = _scan_rows(labels, lambda c: _per_row(
-                (c != 0) & (c != 1) & (~np.isnan(c) if floating else c != -1)))
-            if len(bad):
-                marker = "NaN" if floating else "-1"
-                checker.add(file, field, int(bad[0]), f"binary labels other than 0, 1 and {marker} (missing) at "
-                                                      f"{_shown(bad, values)}")
-    elif floating:
-        bad, values = _scan_rows(labels, lambda c: _per_row(np.isinf(c)))
-        if len(bad):
-            checker.add(file, field, int(bad[0]), f"infinite regression targets at {_shown(bad, values)} "
-                                                  "(NaN marks a missing label)")
-    missing_rows = 0
-    for start, stop in _row_chunks(labels.shape[0], _row_bytes(labels)):
-        missing_rows += int(_missing(np.asarray(labels[start:stop]), kind).sum())
-    if labels.shape[0] and missing_rows == labels.shape[0]:
-        checker.add(file, field, None, "every label is missing; a task needs labelled samples")
-
-
-def _missing(labels: np.ndarray, kind: str) -> np.ndarray:
-    """Bool ``[rows]``: the sample has no label (NaN in float files, -1 in integer ones; any in a row of K)."""
-    if labels.dtype.kind == "b":
-        return np.zeros(len(labels), dtype=bool)
-    flags = np.isnan(labels) if labels.dtype.kind == "f" else labels == -1
-    if kind == "classification" and labels.dtype.kind == "f":
-        flags = flags | (labels == -1)
-    return _per_row(flags)
-
-
-def _split_sizes(spec: Any, rows: int) -> dict[str, int]:
-    fractions = spec["fractions"]
-    train = int(round(fractions[0] * rows))
-    validation = min(rows - train, int(round(fractions[1] * rows)))
-    return {"train": train, "validation": validation, "test": rows - train - validation}
-
-
-def _check_splits(checker: _Checker, spec: Any) -> None:
-    field = "splits"
-    if not isinstance(spec, dict):
-        checker.add(CONFIG_FILE, field, None, f"expected {{file: split.npy}} or {{seed: 0, fractions: [0.8, 0.1, 0.1]}}, "
-                                              f"got {spec!r}")
-        return
-    for key in spec:
-        if key not in SPLIT_KEYS:
-            checker.add(CONFIG_FILE, f"{field}.{key}", None, f"unknown key{_close(key, SPLIT_KEYS)} "
-                                                             f"Valid keys: file, or seed and fractions")
-    sizes = None
-    if "file" in spec:
-        if "fractions" in spec or "seed" in spec:
-            checker.add(CONFIG_FILE, field, None, "give either file or seed and fractions, not both")
-        codes = checker.open(spec, "file", field)
-        if codes is None:
-            return
-        file, field = spec["file"], f"{field}.file"
-        if codes.ndim != 1 or codes.dtype.kind not in "iu":
-            checker.add(file, field, None, f"expected integer split codes [N] (0 train, 1 validation, 2 test), "
-                                           f"got dtype {codes.dtype} shape {list(codes.shape)}")
-            return
-        checker.count(file, field, len(codes))
-        bad, values = _scan_rows(codes, lambda c: (c < 0) | (c > 2))
-        if len(bad):
-            checker.add(file, field, int(bad[0]), f"split codes outside {{0, 1, 2}} at {_shown(bad, values)} "
-                                                  "(0 train, 1 validation, 2 test)")
-        counts = np.zeros(3, dtype=np.int64)
-        for start, stop in _row_chunks(len(codes), codes.dtype.itemsize, checker.chunk_bytes):
-            chunk = np.asarray(codes[start:stop])
-            counts += np.bincount(chunk[(chunk >= 0) & (chunk <= 2)].astype(np.int64), minlength=3)
-        sizes = dict(zip(SPLITS, counts.tolist()))
-    else:
-        seed, fractions = spec.get("seed", 0), spec.get("fractions", DEFAULT_SPLITS["fractions"])
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            checker.add(CONFIG_FILE, f"{field}.seed", None, f"expected an integer, got {seed!r}")
-        if (not isinstance(fractions, list) or len(fractions) != 3 or not all(map(_number, fractions))
-                or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6):
-            checker.add(CONFIG_FILE, f"{field}.fractions", None,
-                        f"expected three non-negative numbers summing to 1 (train, validation, test), got {fractions!r}")
-        elif checker.rows is not None:
-            sizes = _split_sizes({"fractions": fractions}, checker.rows)
-    for name, size in (sizes or {}).items():
-        if size == 0:
-            checker.add(CONFIG_FILE if "file" not in spec else spec["file"], field, None,
-                        f"the {name} split is empty; mtmm train needs samples in train, validation and test")
-
-
-def _check_some_modality_present(checker: _Checker, presence: dict[str, Any]) -> None:
-    """Report samples for which no modality is present (length 0 and/or present False everywhere)."""
-    if checker.rows is None:
-        return
-    found = []
-    for start, stop in _row_chunks(checker.rows, 16 * len(presence), checker.chunk_bytes):
-        some = np.zeros(stop - start, dtype=bool)
-        for present, offsets in presence.values():
-            here = np.ones(stop - start, dtype=bool)
-            if offsets is not None:
-                here &= np.diff(np.asarray(offsets[start:stop + 1])) > 0
-            if present is not None:
-                here &= np.asarray(present[start:stop]).astype(bool)
-            some |= here
-        if not some.all():
-            found.append(np.flatnonzero(~some) + start)
-    if found:
-        rows = np.concatenate(found)
-        checker.add(CONFIG_FILE, "modalities", int(rows[0]),
-                    f"no modality is present for {_shown(rows)}; every sample needs at least one")
-
-
-# -- the data set ------------------------------------------------------------------------------------
 class FolderSplit:
     """One split of a :class:`FolderDataset`: sample ``i`` is row ``indices[i]`` of the folder's arrays."""
 
@@ -606,12 +106,12 @@ class FolderDataset:
         if "file" in spec:
             codes = self._load(spec["file"])
             found: dict[int, list[np.ndarray]] = {0: [], 1: [], 2: []}
-            for start, stop in _row_chunks(len(codes), codes.dtype.itemsize):
+            for start, stop in row_chunks(len(codes), codes.dtype.itemsize):
                 chunk = np.asarray(codes[start:stop])
                 for code in found:
                     found[code].append(np.flatnonzero(chunk == code).astype(np.int64) + start)
             return {name: np.concatenate(found[code]) for code, name in enumerate(SPLITS)}
-        sizes = _split_sizes({"fractions": spec.get("fractions", DEFAULT_SPLITS["fractions"])}, self.num_samples)
+        sizes = split_sizes({"fractions": spec.get("fractions", DEFAULT_SPLITS["fractions"])}, self.num_samples)
         seed = spec.get("seed", 0 if self.seed is None else self.seed)
         order = np.random.default_rng(seed).permutation(self.num_samples)
         bounds = np.cumsum([0, sizes["train"], sizes["validation"], sizes["test"]])
@@ -643,7 +143,7 @@ class FolderDataset:
         for task, labels in self._labels.items():
             kind = self.tasks[task]["kind"]
             raw = _take(labels, rows)
-            missing = _missing(raw, kind)
+            missing = missing_labels(raw, kind)
             if kind == "classification":
                 target = np.where(missing, 0, np.nan_to_num(raw)).astype(np.int64)
             else:
@@ -661,7 +161,7 @@ class FolderDataset:
             if info["kind"] == "sequence":
                 offsets = self._modalities[name]["offsets"]
                 low, high = None, 0
-                for start, stop in _row_chunks(len(offsets) - 1, 2 * offsets.dtype.itemsize):
+                for start, stop in row_chunks(len(offsets) - 1, 2 * offsets.dtype.itemsize):
                     sizes = np.diff(np.asarray(offsets[start:stop + 1]).astype(np.int64))
                     low = int(sizes.min()) if low is None else min(low, int(sizes.min()))
                     high = max(high, int(sizes.max()))
