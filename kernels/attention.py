@@ -8,33 +8,14 @@ Triton backend is actually used, so ``import mtmm_kernels`` works without it.
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 
+from ._backend import choose_backend, triton_available, triton_interpreting
 from ._validate import AttentionArgs, validate_attention_args
 from .attention_torch import attention_torch
 
-BACKENDS = ("auto", "triton", "torch")
-ENV_BACKEND = "MTMM_KERNEL_BACKEND"
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_MAX_HEAD_DIM = 128
-
-
-@functools.lru_cache(maxsize=1)
-def triton_available() -> bool:
-    """True when ``import triton`` succeeds (tried once, on first use)."""
-    try:
-        import triton  # noqa: F401
-    except Exception:  # noqa: BLE001  (ImportError, or a broken install raising something else)
-        return False
-    return True
-
-
-def triton_interpreting() -> bool:
-    """True when ``TRITON_INTERPRET`` is set: Triton kernels then run on CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
 
 
 def _triton_unsupported(a: AttentionArgs) -> str | None:
@@ -52,24 +33,7 @@ def _triton_unsupported(a: AttentionArgs) -> str | None:
 
 def resolve_backend(backend: str, a: AttentionArgs) -> str:
     """Turn the requested backend (after the environment override) into "triton" or "torch"."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        env = os.environ.get(ENV_BACKEND, "").strip().lower()
-        if env and env not in BACKENDS:
-            raise ValueError(f"environment variable {ENV_BACKEND} must be one of {BACKENDS}, got {env!r}")
-        backend = env or "auto"
-    if backend == "torch":
-        return "torch"
-    if backend == "triton":
-        why = _triton_unsupported(a)
-        if why is not None:
-            raise ValueError(f"backend='triton' cannot run: {why}")
-        return "triton"
-    # auto: Triton on CUDA when it can, PyTorch otherwise (CPU always takes PyTorch).
-    if a.q.device.type == "cuda" and _triton_unsupported(a) is None:
-        return "triton"
-    return "torch"
+    return choose_backend(backend, a.q.device, lambda: _triton_unsupported(a))
 
 
 def cross_modal_attention(

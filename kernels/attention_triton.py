@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .attention import triton_interpreting
+from ._backend import triton_interpreting
 
 LOG2E = 1.4426950408889634
 #: Fixed at import: jit functions below are built interpreted or compiled once.

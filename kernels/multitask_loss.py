@@ -9,12 +9,11 @@ Triton is imported only when its backend is used.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
 
-from .attention import BACKENDS, ENV_BACKEND, triton_available, triton_interpreting
+from ._backend import choose_backend, triton_available, triton_interpreting
 from .multitask_loss_torch import multitask_loss_torch
 from .multitask_loss_validate import MultitaskArgs, validate_multitask_args
 
@@ -37,21 +36,7 @@ def _triton_unsupported(a: MultitaskArgs) -> str | None:
 
 def resolve_multitask_backend(backend: str, a: MultitaskArgs) -> str:
     """Turn the requested backend (after the environment override) into "triton" or "torch"."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        env = os.environ.get(ENV_BACKEND, "").strip().lower()
-        if env and env not in BACKENDS:
-            raise ValueError(f"environment variable {ENV_BACKEND} must be one of {BACKENDS}, got {env!r}")
-        backend = env or "auto"
-    if backend == "torch":
-        return "torch"
-    why = _triton_unsupported(a)
-    if backend == "triton" and why is not None:
-        raise ValueError(f"backend='triton' cannot run: {why}")
-    if backend == "triton" or (a.preds[0].device.type == "cuda" and why is None):
-        return "triton"
-    return "torch"
+    return choose_backend(backend, a.preds[0].device, lambda: _triton_unsupported(a))
 
 
 def multitask_loss(

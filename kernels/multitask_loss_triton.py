@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import triton_interpreting
+from ._backend import triton_interpreting
 from .multitask_loss_validate import KINDS, MultitaskArgs
 
 INTERPRETED = triton_interpreting()
