@@ -5,6 +5,7 @@ The Triton kernel has its own module (``test_attention_triton.py``).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -150,6 +151,18 @@ def test_unknown_backend() -> None:
 def test_import_does_not_import_triton() -> None:
     code = "import sys, mtmm_kernels; assert 'triton' not in sys.modules, 'triton imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_auto_backend_on_cpu_runs_both_kernels_without_importing_triton() -> None:
+    code = (
+        "import sys, torch, mtmm_kernels\n"
+        "q = torch.randn(2, 1, 3, 8)\n"
+        "mtmm_kernels.cross_modal_attention(q, q, q, key_lengths=torch.tensor([1, 3]))\n"
+        "mtmm_kernels.multitask_loss([torch.randn(4, 3)], [torch.randint(0, 3, (4,))], ['cross_entropy'])\n"
+        "assert 'triton' not in sys.modules, 'triton imported'\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MTMM_KERNEL_BACKEND")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=environment)
 
 
 # ----------------------------------------------------------------------------- errors
