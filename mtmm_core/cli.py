@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import textwrap
@@ -102,9 +103,35 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
     print(_table(rows, ["TASK", "METRICS"]))
 
 
+def _launch_processes(args: argparse.Namespace) -> int:
+    """``mtmm train --nproc N``: run this same command in N processes through torchrun."""
+    from torch.distributed.run import main as torchrun
+
+    argv = list(args.argv)
+    index = argv.index("--nproc") if "--nproc" in argv else None
+    if index is not None:
+        del argv[index:index + 2]
+    else:
+        argv = [a for a in argv if not a.startswith("--nproc=")]
+    if not args.out and not args.resume:
+        argv += ["--out", str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))]  # one folder for every rank
+    try:
+        torchrun(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "mtmm_core.cli", *argv])
+    except Exception as error:  # torchrun's ChildFailedError: the ranks' own errors are printed above
+        print(f"mtmm: error: a training process failed: {type(error).__name__}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from mtmm_core.config import load_config, validate_config
     from mtmm_core.trainer import Trainer
+
+    distributed_job = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.nproc > 1 and not distributed_job:
+        return _launch_processes(args)
+    if distributed_job and not args.out and not args.resume:
+        raise ValueError("under torchrun, pass --out RUN_DIR so that every process writes to the same run folder")
 
     if args.resume:
         config = validate_config(yaml.safe_load((Path(args.resume) / "config.yaml").read_text()))
@@ -120,7 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         metrics = Trainer(config, out_dir, resume=bool(args.resume)).run()
     except KeyboardInterrupt:
         return 130
-    _print_metrics(metrics, f"test metrics ({time.time() - started:.0f} s, run folder {out_dir}):")
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_metrics(metrics, f"test metrics ({time.time() - started:.0f} s, run folder {out_dir}):")
     return 0
 
 
@@ -204,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--data", help="the data set: a registered name or a data folder (docs/data.md)")
     training.add_argument("--out", help="run folder (default runs/<time>)")
     training.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    training.add_argument("--nproc", type=int, default=1,
+                          help="train data-parallel in this many processes on this machine (runs torchrun)")
     training.set_defaults(run=cmd_train)
 
     evaluating = commands.add_parser("evaluate", help="test metrics of a finished run")
@@ -236,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mtmm`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
     except (MtmmError, ValueError, FileNotFoundError, FileExistsError, ImportError) as error:

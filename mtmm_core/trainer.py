@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import yaml
 
+from mtmm_core import distributed
 from mtmm_core.checkpoint import load_checkpoint, save_checkpoint
 from mtmm_core.components import create
 from mtmm_core.config import TrainSettings
@@ -147,22 +148,24 @@ class ProgressBar:
 
 @torch.no_grad()
 def evaluate(model: MultimodalMultitaskModel, split: Any, device: torch.device, batch_size: int = 256,
-             modalities: list[str] | None = None) -> dict[str, float]:
+             modalities: list[str] | None = None, context: distributed.Context = distributed.Context()
+             ) -> dict[str, float]:
     """Per-task metrics and losses on a whole split, flattened as ``"<task>.<metric>"`` plus ``"loss"``.
 
-    ``modalities`` restricts the inputs to a subset (the model degrades, it does not fail).
+    ``modalities`` restricts the inputs to a subset (the model degrades, it does not fail). With
+    several ranks each scores every ``world_size``-th sample and the results are gathered.
     """
     model.eval()
     predictions: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
     targets: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
     batch_scores: dict[str, list[float]] = {t: [] for t in model.tasks}
     loss_sums = torch.zeros(len(model.tasks), dtype=torch.float64)
-    batches = 0
-    for start in range(0, len(split), batch_size):
-        batch = to_device(split.batch(np.arange(start, min(start + batch_size, len(split)))), device, modalities)
+    rows = np.arange(context.rank, len(split), context.world_size)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = to_device(split.batch(chunk), device, modalities)
         output = model(batch.inputs, batch.lengths, batch.present)
-        loss_sums += model.task_losses(output, batch.targets, batch.task_masks).double().cpu()
-        batches += 1
+        loss_sums += model.task_losses(output, batch.targets, batch.task_masks).double().cpu() * len(chunk)
         for task, head in model.heads.items():
             prediction = output.predictions[task].float()
             if head.loss_kind == "contrastive":  # similarity within a batch: score per batch
@@ -174,15 +177,20 @@ def evaluate(model: MultimodalMultitaskModel, split: Any, device: torch.device, 
                 prediction, target = prediction[mask], target[mask]
             predictions[task].append(prediction.cpu())
             targets[task].append(target.cpu())
+    shards = distributed.gather((predictions, targets, batch_scores, loss_sums), context)
+    loss_means = sum(shard[3] for shard in shards) / max(1, len(split))
     results: dict[str, float] = {}
     for index, (task, head) in enumerate(model.heads.items()):
-        results[f"{task}.loss"] = float(loss_sums[index] / batches)
-        if batch_scores[task]:
-            results[f"{task}.retrieval_accuracy"] = float(np.mean(batch_scores[task]))
-        elif predictions[task]:
-            metrics = task_metrics(head.metrics, torch.cat(predictions[task]), torch.cat(targets[task]))
+        results[f"{task}.loss"] = float(loss_means[index])
+        scores = [score for shard in shards for score in shard[2][task]]
+        task_predictions = [p for shard in shards for p in shard[0][task]]
+        if scores:
+            results[f"{task}.retrieval_accuracy"] = float(np.mean(scores))
+        elif task_predictions:
+            task_targets = torch.cat([t for shard in shards for t in shard[1][task]])
+            metrics = task_metrics(head.metrics, torch.cat(task_predictions), task_targets)
             results.update({f"{task}.{name}": value for name, value in metrics.items()})
-    results["loss"] = float(loss_sums.sum() / batches)
+    results["loss"] = float(loss_means.sum())
     return results
 
 
@@ -202,10 +210,15 @@ class Trainer:
         self.settings = TrainSettings(**config["train"])
         self.out_dir = Path(out_dir)
         self.device = choose_device(self.settings.device)
+        self.context = distributed.setup(self.device.type)
+        if self.context.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.context.local_rank)
         seed_everything(self.settings.seed)
         self.dataset = load_dataset(config["data"])
         self.model_spec = complete_model_spec(config["model"], self.dataset)
         self.model = build_model(self.model_spec).to(self.device)
+        distributed.broadcast_parameters(self.model, self.context)
+        torch.manual_seed(self.settings.seed + 1_000_003 * self.context.rank)  # own dropout draws per rank
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
                                            lr=self.settings.lr, weight_decay=self.settings.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.dataset.splits["train"]) / self.settings.batch_size)
@@ -218,6 +231,7 @@ class Trainer:
             self._restore(load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
         else:
             self._start_run_folder()
+        distributed.barrier(self.context)
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
@@ -229,25 +243,28 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             self._save_last()
-            print(f"\ninterrupted: checkpoint saved; continue with `mtmm train --resume {self.out_dir}`",
-                  file=sys.stderr)
+            if self.context.is_main:
+                print(f"\ninterrupted: checkpoint saved; continue with `mtmm train --resume {self.out_dir}`",
+                      file=sys.stderr)
             raise
         return self.test()
 
     def _train_epoch(self) -> None:
         settings, split = self.settings, self.dataset.splits["train"]
         order = torch.randperm(len(split), generator=torch.Generator().manual_seed(settings.seed * 100_003 + self.epoch))
-        progress = ProgressBar(settings.progress)
+        progress = ProgressBar(settings.progress and self.context.is_main)
         self.model.train()
         for step in range(self.step_in_epoch, self.steps_per_epoch):
-            rows = order[step * settings.batch_size:(step + 1) * settings.batch_size].numpy()
+            global_rows = order[step * settings.batch_size:(step + 1) * settings.batch_size].numpy()
+            rows = global_rows[self.context.rank::self.context.world_size]  # this rank's share
             batch = to_device(split.batch(rows), self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 output = self.model(batch.inputs, batch.lengths, batch.present)
-                losses = self.model.task_losses(output, batch.targets, batch.task_masks)
+                losses = self._global_mean(self.model.task_losses(output, batch.targets, batch.task_masks))
             self._check_finite(losses)
             self.optimizer.zero_grad(set_to_none=True)
             self._backward(losses, output)
+            distributed.average_gradients(self.model.parameters(), self.context)
             if settings.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
             self.optimizer.step()
@@ -256,13 +273,25 @@ class Trainer:
                 with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                      enabled=self.device.type == "cuda"):
                     after = self.model(batch.inputs, batch.lengths, batch.present)
-                    self.model.weighting.after_step(self.model.task_losses(after, batch.targets, batch.task_masks))
+                    after_losses = self._global_mean(self.model.task_losses(after, batch.targets, batch.task_masks))
+                    self.model.weighting.after_step(after_losses)
             self.epoch_loss_sums += losses.detach().double().cpu()
             self.step_in_epoch = step + 1
             means = (self.epoch_loss_sums / self.step_in_epoch).tolist()
             progress.update(f"epoch {self.epoch + 1}/{settings.epochs}", step + 1, self.steps_per_epoch,
                             dict(zip(self.model.tasks, means)))
         progress.close()
+
+    def _global_mean(self, losses: torch.Tensor) -> torch.Tensor:
+        """Losses ``[T]`` whose value is the mean over the ranks and whose gradient is this rank's own.
+
+        Every rank then feeds the weighting the same numbers (its state stays identical), and the
+        gradient average across ranks equals the gradient of the global mean.
+        """
+        if not self.context.active:
+            return losses
+        mean = distributed.sum_across(losses.detach(), self.context) / self.context.world_size
+        return losses + (mean - losses.detach())
 
     def _backward(self, losses: torch.Tensor, output: Any) -> None:
         weighting = self.model.weighting
@@ -288,7 +317,7 @@ class Trainer:
         if hasattr(weighting, "end_epoch"):
             weighting.end_epoch(torch.tensor(train_losses))
         validation = evaluate(self.model, self.dataset.splits["validation"], self.device,
-                              self.settings.eval_batch_size)
+                              self.settings.eval_batch_size, context=self.context)
         monitored = validation.get(self.settings.monitor)
         if monitored is None:
             raise ValueError(f"train.monitor {self.settings.monitor!r} is not a validation metric; "
@@ -298,7 +327,8 @@ class Trainer:
         improved = is_better(self.settings.monitor, monitored, self.best)
         if improved:
             self.best, self.stale_epochs = monitored, 0
-            save_checkpoint({"model": self.model.state_dict(), "epoch": self.epoch}, self.out_dir / "best.pt")
+            if self.context.is_main:
+                save_checkpoint({"model": self.model.state_dict(), "epoch": self.epoch}, self.out_dir / "best.pt")
         else:
             self.stale_epochs += 1
         record = {
@@ -309,25 +339,30 @@ class Trainer:
             "task_weights": dict(zip(self.model.tasks, weighting.weights().tolist())),
             "time": time.time(),
         }
-        with open(self.out_dir / "metrics.jsonl", "a") as log:
-            log.write(json.dumps(record) + "\n")
+        if self.context.is_main:
+            with open(self.out_dir / "metrics.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
         self._save_last()
-        summary = "  ".join(f"{k} {v:.3f}" for k, v in validation.items() if not k.endswith(".loss"))
-        print(f"epoch {self.epoch}/{self.settings.epochs}  {summary}", file=sys.stderr)
+        if self.context.is_main:
+            summary = "  ".join(f"{k} {v:.3f}" for k, v in validation.items() if not k.endswith(".loss"))
+            print(f"epoch {self.epoch}/{self.settings.epochs}  {summary}", file=sys.stderr)
         return self.settings.patience > 0 and self.stale_epochs >= self.settings.patience
 
     def test(self, modalities: list[str] | None = None, write: bool = True) -> dict[str, float]:
         """Metrics of the best weights on the test split (written to ``test_metrics.json`` when ``write``)."""
+        distributed.barrier(self.context)
         if (self.out_dir / "best.pt").is_file():
             self.model.load_state_dict(load_checkpoint(self.out_dir / "best.pt", self.device)["model"])
         metrics = evaluate(self.model, self.dataset.splits["test"], self.device, self.settings.eval_batch_size,
-                           modalities)
-        if write:
+                           modalities, self.context)
+        if write and self.context.is_main:
             (self.out_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _start_run_folder(self) -> None:
+        if not self.context.is_main:
+            return
         if (self.out_dir / "last.pt").exists():
             raise FileExistsError(f"{self.out_dir} already holds a run; resume it with --resume or choose --out")
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -336,6 +371,9 @@ class Trainer:
         (self.out_dir / "metrics.jsonl").write_text("")
 
     def _save_last(self) -> None:
+        rng_states = distributed.gather(torch.get_rng_state(), self.context)
+        if not self.context.is_main:
+            return
         save_checkpoint({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -345,7 +383,7 @@ class Trainer:
             "epoch_loss_sums": self.epoch_loss_sums,
             "best": self.best,
             "stale_epochs": self.stale_epochs,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": rng_states,  # one per rank
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }, self.out_dir / "last.pt")
 
@@ -356,6 +394,10 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.epoch_loss_sums = state["epoch_loss_sums"]
         self.best, self.stale_epochs = state["best"], state["stale_epochs"]
-        torch.set_rng_state(state["torch_rng"])
+        rng_states = state["torch_rng"]
+        if len(rng_states) != self.context.world_size:
+            raise ValueError(f"{self.out_dir} was trained by {len(rng_states)} processes; resume it with as many "
+                             f"(this run has {self.context.world_size})")
+        torch.set_rng_state(rng_states[self.context.rank])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
