@@ -35,3 +35,16 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path):
     assert [line["epoch"] for line in log] == [1, 2]  # one writer: rank 0
     assert sorted(p.name for p in (tmp_path / "double").iterdir()) == [
         "best.pt", "config.yaml", "last.pt", "metrics.jsonl", "model.yaml", "test_metrics.json"]
+
+
+def test_a_two_process_run_resumes_with_two_processes_only(tmp_path):
+    first = train(tmp_path / "run", "--nproc", "2", "--set", "train.epochs=1")
+    environment = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    resumed = subprocess.run([sys.executable, "-m", "mtmm_core.cli", "train", "--nproc", "2",
+                              "--resume", str(tmp_path / "run")], capture_output=True, text=True, env=environment,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "test_metrics.json").read_text()) == first
+    alone = subprocess.run([sys.executable, "-m", "mtmm_core.cli", "train", "--resume", str(tmp_path / "run")],
+                           capture_output=True, text=True, env=environment, timeout=600)
+    assert alone.returncode == 2 and "trained by 2 processes; resume it with as many" in alone.stderr
