@@ -194,6 +194,15 @@ def evaluate(model: MultimodalMultitaskModel, split: Any, device: torch.device, 
     return results
 
 
+def tensorboard_writer_class() -> Any:
+    """``torch.utils.tensorboard.SummaryWriter`` when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter
+
+
 def is_better(metric: str, value: float, best: float | None) -> bool:
     """Whether ``value`` of ``metric`` ("loss" or "<task>.<name>") improves on ``best``."""
     if best is None or math.isnan(best):
@@ -226,6 +235,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total_steps, self.settings.warmup_fraction))
         self.epoch, self.step_in_epoch, self.best, self.stale_epochs = 0, 0, None, 0
+        self._tensorboard: Any = None  # created on the first epoch's log, False when unavailable
         self.epoch_loss_sums = torch.zeros(len(self.model.tasks), dtype=torch.float64)
         if resume:
             self._restore(load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
@@ -342,11 +352,28 @@ class Trainer:
         if self.context.is_main:
             with open(self.out_dir / "metrics.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
+            self._log_tensorboard(record)
         self._save_last()
         if self.context.is_main:
             summary = "  ".join(f"{k} {v:.3f}" for k, v in validation.items() if not k.endswith(".loss"))
             print(f"epoch {self.epoch}/{self.settings.epochs}  {summary}", file=sys.stderr)
         return self.settings.patience > 0 and self.stale_epochs >= self.settings.patience
+
+    def _log_tensorboard(self, record: dict[str, Any]) -> None:
+        """Mirror an epoch's record to TensorBoard in ``RUN_DIR/tensorboard`` when tensorboard is installed."""
+        if self._tensorboard is None:
+            writer_class = tensorboard_writer_class()
+            if writer_class is None:
+                self._tensorboard = False
+                return
+            self._tensorboard = writer_class(log_dir=str(self.out_dir / "tensorboard"))
+        if self._tensorboard is False:
+            return
+        for section in ("train", "validation", "task_weights"):
+            for key, value in record[section].items():
+                self._tensorboard.add_scalar(f"{section}/{key}", value, record["epoch"])
+        self._tensorboard.add_scalar("lr", record["lr"], record["epoch"])
+        self._tensorboard.flush()
 
     def test(self, modalities: list[str] | None = None, write: bool = True) -> dict[str, float]:
         """Metrics of the best weights on the test split (written to ``test_metrics.json`` when ``write``)."""

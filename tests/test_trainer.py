@@ -165,3 +165,24 @@ def test_a_config_naming_tasks_the_data_set_lacks_is_refused_by_name(small_data,
     cfg["model"]["tasks"]["colour"] = {"head": "classification", "num_classes": 3}
     with pytest.raises(mtmm_core.SpecError, match=r"^model\.tasks\.colour: the data set has no task 'colour'"):
         Trainer(cfg, tmp_path / "run")
+
+
+def test_epochs_are_mirrored_to_tensorboard_when_it_is_installed(small_data, tmp_path, monkeypatch):
+    written = []
+
+    class RecordingWriter:
+        def __init__(self, log_dir):
+            written.append(("dir", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("mtmm_core.trainer.tensorboard_writer_class", lambda: RecordingWriter)
+    Trainer(config("train.epochs=2", "data.train_rows=128"), tmp_path / "run").run()
+    assert written[0] == ("dir", str(tmp_path / "run" / "tensorboard"))
+    tags = {entry[0] for entry in written[1:]}
+    assert {"train/image_digit", "validation/match.accuracy", "task_weights/digit_sum", "lr"} <= tags
+    assert {entry[2] for entry in written[1:]} == {1, 2}
