@@ -140,6 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = list(args.set or [])
         if args.data:
             overrides.append(f"data.name={args.data}")
+        if args.init_from:
+            overrides.append(f"transfer.init_from={json.dumps(args.init_from)}")  # quoted: always a string
         config = load_config(args.config, overrides)
         out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     started = time.time()
@@ -232,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--data", help="the data set: a registered name or a data folder (docs/data.md)")
     training.add_argument("--out", help="run folder (default runs/<time>)")
     training.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    training.add_argument("--init-from", metavar="RUN_DIR",
+                          help="initialise from that run's weights (transfer.init_from; docs/transfer.md)")
     training.add_argument("--nproc", type=int, default=1,
                           help="train data-parallel in this many processes on this machine (runs torchrun)")
     training.set_defaults(run=cmd_train)

@@ -1,4 +1,5 @@
-"""Run configs: a YAML file with ``data``, ``model`` and ``train`` sections, plus ``--set key=value`` overrides.
+"""Run configs: a YAML file with ``data``, ``model`` and ``train`` sections (and an optional ``transfer``
+section, see :mod:`mtmm_core.transfer`), plus ``--set key=value`` overrides.
 
 ``extends: NAME`` merges a config over another (a file beside it, or a shipped config by name):
 mappings merge key by key, except that a mapping with a ``name`` (a component) replaces the
@@ -16,9 +17,10 @@ from typing import Any
 import yaml
 
 from mtmm_core.errors import SpecError
+from mtmm_core.transfer import transfer_settings
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-SECTIONS = ("data", "model", "train")
+SECTIONS = ("data", "model", "train", "transfer")
 
 
 @dataclass
@@ -119,6 +121,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(config.get("model"), dict):
         raise SpecError("model", "missing: the model spec (encoders, fusion, tasks, ...)")
     config["train"] = asdict(train_settings(config.get("train") or {}))
+    if "transfer" in config:  # optional: runs without it keep configs of three sections
+        config["transfer"] = asdict(transfer_settings(config["transfer"]))
     return config
 
 

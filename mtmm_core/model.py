@@ -143,9 +143,19 @@ class MultimodalMultitaskModel(nn.Module):
 
     def compute_loss(self, output: ModelOutput, targets: Mapping[str, torch.Tensor],
                      task_masks: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted total loss (scalar) and the unweighted loss of each task."""
+        """The weighted total loss (scalar), plus :meth:`regularization` when there is one, and the
+        unweighted loss of each task."""
         losses = self.task_losses(output, targets, task_masks)
-        return self.weighting(losses), dict(zip(self.tasks, losses))
+        total = self.weighting(losses)
+        regularization = self.regularization()
+        if regularization is not None:
+            total = total + regularization
+        return total, dict(zip(self.tasks, losses))
+
+    def regularization(self) -> torch.Tensor | None:
+        """The architecture's penalty on its parameters (its optional ``regularization()``, a scalar), or None."""
+        method = getattr(self.architecture, "regularization", None)
+        return None if method is None else method()
 
     def _check_inputs(self, inputs: Mapping[str, Any]) -> int:
         if not inputs:

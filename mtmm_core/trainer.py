@@ -2,7 +2,8 @@
 
 A run folder holds ``config.yaml``, ``model.yaml`` (the completed model spec), ``metrics.jsonl`` (one line per epoch),
 ``last.pt`` (everything needed to resume), ``best.pt`` (model weights of the best
-epoch on the monitored validation metric) and ``test_metrics.json``.
+epoch on the monitored validation metric) and ``test_metrics.json``. A config's ``transfer``
+section starts from another run's weights and freezes modules (:mod:`mtmm_core.transfer`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mtmm_core.errors import SpecError
 from mtmm_core.metrics import HIGHER_IS_BETTER, task_metrics
 from mtmm_core.model import MultimodalMultitaskModel
 from mtmm_core.spec import build_model
+from mtmm_core.transfer import freeze, load_weights, transfer_settings
 from mtmm_core.userdata import FolderDataset, is_data_folder
 
 HEAD_OF_TASK_KIND = {"classification": "classification", "binary": "binary", "regression": "regression"}
@@ -226,10 +228,23 @@ class Trainer:
         self.dataset = load_dataset(config["data"])
         self.model_spec = complete_model_spec(config["model"], self.dataset)
         self.model = build_model(self.model_spec).to(self.device)
+        self.transfer = transfer_settings(config.get("transfer"))
+        if self.transfer.init_from and not resume:  # a resumed run restores its own weights instead
+            report = load_weights(self.model, self.transfer.init_from, self.transfer.init_prefixes)
+            if self.context.is_main:
+                print(report, file=sys.stderr)
+        # Frozen parameters keep requires_grad False: they get no gradient, so AdamW gives them no state
+        # and no update (weight decay included) until they are unfrozen.
+        self.frozen = freeze(self.model, self.transfer.freeze)  # [(name, parameter)]
+        if self.frozen and self.context.is_main:
+            until = (f"until epoch {self.transfer.unfreeze_at_epoch}" if self.transfer.unfreeze_at_epoch
+                     else "for the whole run")
+            print(f"frozen {len(self.frozen)} parameter tensors under {', '.join(self.transfer.freeze)} {until}",
+                  file=sys.stderr)
         distributed.broadcast_parameters(self.model, self.context)
         torch.manual_seed(self.settings.seed + 1_000_003 * self.context.rank)  # own dropout draws per rank
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
-                                           lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.settings.lr,
+                                           weight_decay=self.settings.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.dataset.splits["train"]) / self.settings.batch_size)
         total_steps = self.steps_per_epoch * self.settings.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -237,6 +252,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.best, self.stale_epochs = 0, 0, None, 0
         self._tensorboard: Any = None  # created on the first epoch's log, False when unavailable
         self.epoch_loss_sums = torch.zeros(len(self.model.tasks), dtype=torch.float64)
+        self.epoch_regularization_sum = 0.0  # of the architecture's regularization(), when it has one
         if resume:
             self._restore(load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
         else:
@@ -263,6 +279,13 @@ class Trainer:
         settings, split = self.settings, self.dataset.splits["train"]
         order = torch.randperm(len(split), generator=torch.Generator().manual_seed(settings.seed * 100_003 + self.epoch))
         progress = ProgressBar(settings.progress and self.context.is_main)
+        if (self.frozen and self.transfer.unfreeze_at_epoch is not None
+                and self.epoch + 1 >= self.transfer.unfreeze_at_epoch and not self.frozen[0][1].requires_grad):
+            for _, parameter in self.frozen:
+                parameter.requires_grad_(True)
+            if self.context.is_main:
+                print(f"epoch {self.epoch + 1}: unfroze {len(self.frozen)} parameter tensors under "
+                      f"{', '.join(self.transfer.freeze)}", file=sys.stderr)
         self.model.train()
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             global_rows = order[step * settings.batch_size:(step + 1) * settings.batch_size].numpy()
@@ -272,8 +295,9 @@ class Trainer:
                 output = self.model(batch.inputs, batch.lengths, batch.present)
                 losses = self._global_mean(self.model.task_losses(output, batch.targets, batch.task_masks))
             self._check_finite(losses)
+            regularization = self.model.regularization()
             self.optimizer.zero_grad(set_to_none=True)
-            self._backward(losses, output)
+            self._backward(losses, output, regularization)
             distributed.average_gradients(self.model.parameters(), self.context)
             if settings.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
@@ -286,6 +310,8 @@ class Trainer:
                     after_losses = self._global_mean(self.model.task_losses(after, batch.targets, batch.task_masks))
                     self.model.weighting.after_step(after_losses)
             self.epoch_loss_sums += losses.detach().double().cpu()
+            if regularization is not None:
+                self.epoch_regularization_sum += float(regularization.detach())
             self.step_in_epoch = step + 1
             means = (self.epoch_loss_sums / self.step_in_epoch).tolist()
             progress.update(f"epoch {self.epoch + 1}/{settings.epochs}", step + 1, self.steps_per_epoch,
@@ -303,14 +329,24 @@ class Trainer:
         mean = distributed.sum_across(losses.detach(), self.context) / self.context.world_size
         return losses + (mean - losses.detach())
 
-    def _backward(self, losses: torch.Tensor, output: Any) -> None:
+    def _backward(self, losses: torch.Tensor, output: Any, regularization: torch.Tensor | None = None) -> None:
+        """Backpropagate the weighted task losses plus the architecture's regularization (if any).
+
+        A gradient-level weighting combines the task gradients only; the regularization's
+        gradient is then accumulated on top, unweighted.
+        """
         weighting = self.model.weighting
         if getattr(weighting, "gradient_level", False):
             from mtmm_core.weighting import weighted_backward
 
             weighted_backward(weighting, losses, output.fused)
+            if regularization is not None and regularization.requires_grad:
+                regularization.backward()
         else:
-            weighting(losses.float()).backward()
+            total = weighting(losses.float())
+            if regularization is not None:
+                total = total + regularization
+            total.backward()
 
     def _check_finite(self, losses: torch.Tensor) -> None:
         bad = [task for task, value in zip(self.model.tasks, losses.detach()) if not torch.isfinite(value)]
@@ -334,6 +370,8 @@ class Trainer:
                              f"available: {', '.join(sorted(validation))}")
         self.epoch += 1
         self.step_in_epoch, self.epoch_loss_sums = 0, torch.zeros_like(self.epoch_loss_sums)
+        regularization = self.epoch_regularization_sum / max(1, self.steps_per_epoch)
+        self.epoch_regularization_sum = 0.0
         improved = is_better(self.settings.monitor, monitored, self.best)
         if improved:
             self.best, self.stale_epochs = monitored, 0
@@ -349,6 +387,8 @@ class Trainer:
             "task_weights": dict(zip(self.model.tasks, weighting.weights().tolist())),
             "time": time.time(),
         }
+        if hasattr(self.model.architecture, "regularization"):  # e.g. soft_sharing's coupling penalty
+            record["regularization"] = regularization
         if self.context.is_main:
             with open(self.out_dir / "metrics.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
@@ -373,6 +413,8 @@ class Trainer:
             for key, value in record[section].items():
                 self._tensorboard.add_scalar(f"{section}/{key}", value, record["epoch"])
         self._tensorboard.add_scalar("lr", record["lr"], record["epoch"])
+        if "regularization" in record:
+            self._tensorboard.add_scalar("regularization", record["regularization"], record["epoch"])
         self._tensorboard.flush()
 
     def test(self, modalities: list[str] | None = None, write: bool = True) -> dict[str, float]:
@@ -408,6 +450,7 @@ class Trainer:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "epoch_loss_sums": self.epoch_loss_sums,
+            "epoch_regularization_sum": self.epoch_regularization_sum,
             "best": self.best,
             "stale_epochs": self.stale_epochs,
             "torch_rng": rng_states,  # one per rank
@@ -420,6 +463,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.epoch_loss_sums = state["epoch_loss_sums"]
+        self.epoch_regularization_sum = state["epoch_regularization_sum"]
         self.best, self.stale_epochs = state["best"], state["stale_epochs"]
         rng_states = state["torch_rng"]
         if len(rng_states) != self.context.world_size:

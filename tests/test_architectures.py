@@ -6,7 +6,14 @@ import torch
 
 import mtmm_plugins.architectures
 from mtmm_core import hookspecs
-from mtmm_plugins.architectures import HardParameterSharing, MultiGateMixtureOfExperts
+from mtmm_plugins.architectures import (
+    CrossStitchNetwork,
+    CustomizedGateControl,
+    HardParameterSharing,
+    MultiGateMixtureOfExperts,
+    ProgressiveLayeredExtraction,
+    SoftParameterSharing,
+)
 
 TASKS = ["emotion", "sentiment", "age"]
 
@@ -17,7 +24,9 @@ def test_hook_registers_every_architecture():
     manager.register(mtmm_plugins.architectures)
     names = {}
     manager.hook.register_architectures(register=lambda name, factory, **metadata: names.setdefault(name, factory))
-    assert names == {"hard_sharing": HardParameterSharing, "mmoe": MultiGateMixtureOfExperts}
+    assert names == {"hard_sharing": HardParameterSharing, "mmoe": MultiGateMixtureOfExperts,
+                     "soft_sharing": SoftParameterSharing, "cross_stitch": CrossStitchNetwork,
+                     "cgc": CustomizedGateControl, "ple": ProgressiveLayeredExtraction}
 
 
 def assert_gradients_flow(module: torch.nn.Module, outputs: dict[str, torch.Tensor]) -> None:

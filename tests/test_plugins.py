@@ -28,7 +28,7 @@ GOOD_PLUGIN = """
         register("{name}", Doubler, description="{description}")
 """
 
-BUILTIN_COUNTS = {"encoder": 5, "fusion": 8, "head": 4, "architecture": 2}
+BUILTIN_COUNTS = {"encoder": 5, "fusion": 8, "head": 4, "architecture": 6}
 
 
 def good_plugin(name: str = "doubler", description: str = "a test encoder") -> str:
