@@ -10,7 +10,8 @@ import yaml
 
 from mtmm_core.checkpoint import load_checkpoint
 from mtmm_core.spec import build_model
-from mtmm_core.trainer import load_dataset, to_device
+from mtmm_core.data import load_dataset
+from mtmm_core.evaluation import to_device
 
 
 def load_trained_model(run_dir: str | Path, device: str = "cpu"):

@@ -8,7 +8,6 @@ section starts from another run's weights and freezes modules (:mod:`mtmm_core.t
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -23,67 +22,15 @@ import yaml
 
 from mtmm_core import distributed
 from mtmm_core.checkpoint import load_checkpoint, save_checkpoint
-from mtmm_core.components import create
 from mtmm_core.config import TrainSettings
-from mtmm_core.contracts import Batch
-from mtmm_core.errors import SpecError
-from mtmm_core.metrics import HIGHER_IS_BETTER, task_metrics
-from mtmm_core.model import MultimodalMultitaskModel
+from mtmm_core.data import complete_model_spec, load_dataset
+from mtmm_core.evaluation import evaluate, is_better, to_device
 from mtmm_core.spec import build_model
 from mtmm_core.transfer import freeze, load_weights, transfer_settings
-from mtmm_core.userdata import FolderDataset, is_data_folder
-
-HEAD_OF_TASK_KIND = {"classification": "classification", "binary": "binary", "regression": "regression"}
 
 
 class NonFiniteLossError(RuntimeError):
     """A task's loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def load_dataset(data_config: dict[str, Any]) -> Any:
-    """The data set named by the config's ``data`` section (its other keys are the factory's parameters)."""
-    params = {k: v for k, v in data_config.items() if k != "name"}
-    if is_data_folder(data_config["name"]):  # a folder with dataset.yaml (docs/data.md)
-        return FolderDataset(data_config["name"], **params)
-    return create("dataset", data_config["name"], **params)
-
-
-def complete_model_spec(spec: dict[str, Any], dataset: Any) -> dict[str, Any]:
-    """Fill in what the data set knows: ``tasks`` from its task kinds when the spec leaves them
-    out, and each regression head's ``target_mean``/``target_std`` from the training split."""
-    spec = copy.deepcopy(spec)
-    if "tasks" not in spec:
-        spec["tasks"] = {}
-        for task, info in dataset.tasks.items():
-            entry = {"head": HEAD_OF_TASK_KIND[info["kind"]]}
-            if info["kind"] == "classification":
-                entry["num_classes"] = info["num_classes"]
-            spec["tasks"][task] = entry
-    unknown = [task for task in spec["tasks"] if task not in dataset.tasks]
-    if unknown:
-        raise SpecError(f"model.tasks.{unknown[0]}", f"the data set has no task {unknown[0]!r}; its tasks: "
-                        f"{', '.join(dataset.tasks)}. Name those tasks in model.tasks, or leave model.tasks out "
-                        "to take them all from the data set")
-    for task, entry in spec["tasks"].items():
-        if isinstance(entry, dict) and entry.get("head") == "regression" and "target_std" not in entry:
-            mean, std = target_statistics(dataset.splits["train"], task)
-            entry.setdefault("target_mean", mean)
-            entry["target_std"] = std
-    return spec
-
-
-def target_statistics(split: Any, task: str, batch_size: int = 1024) -> tuple[float, float]:
-    """Mean and standard deviation of a regression task's labelled training targets."""
-    values = []
-    for start in range(0, len(split), batch_size):
-        batch = split.batch(np.arange(start, min(start + batch_size, len(split))))
-        target = batch.targets[task].double()
-        mask = (batch.task_masks or {}).get(task)
-        values.append(target[mask] if mask is not None else target)
-    joined = torch.cat(values)
-    if joined.numel() < 2:
-        return 0.0, 1.0
-    return float(joined.mean()), float(joined.std().clamp_min(1e-6))
 
 
 def choose_device(name: str) -> torch.device:
@@ -98,22 +45,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def to_device(batch: Batch, device: torch.device, modalities: list[str] | None = None) -> Batch:
-    """Move a batch's tensors to ``device``, keeping only ``modalities`` when given."""
-
-    def move(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.to(device, non_blocking=True)
-        if isinstance(value, dict):
-            return {k: move(v) for k, v in value.items()}
-        return value
-
-    keep = (lambda d: d) if modalities is None else (lambda d: {m: v for m, v in (d or {}).items() if m in modalities})
-    return Batch(move(keep(batch.inputs)), move(keep(batch.lengths)), move(batch.targets),
-                 move(keep(batch.present)) if batch.present is not None else None,
-                 move(batch.task_masks) if batch.task_masks is not None else None)
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):
@@ -148,54 +79,6 @@ class ProgressBar:
             sys.stderr.write("\n")
 
 
-@torch.no_grad()
-def evaluate(model: MultimodalMultitaskModel, split: Any, device: torch.device, batch_size: int = 256,
-             modalities: list[str] | None = None, context: distributed.Context = distributed.Context()
-             ) -> dict[str, float]:
-    """Per-task metrics and losses on a whole split, flattened as ``"<task>.<metric>"`` plus ``"loss"``.
-
-    ``modalities`` restricts the inputs to a subset (the model degrades, it does not fail). With
-    several ranks each scores every ``world_size``-th sample and the results are gathered.
-    """
-    model.eval()
-    predictions: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
-    targets: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
-    batch_scores: dict[str, list[float]] = {t: [] for t in model.tasks}
-    loss_sums = torch.zeros(len(model.tasks), dtype=torch.float64)
-    rows = np.arange(context.rank, len(split), context.world_size)
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        batch = to_device(split.batch(chunk), device, modalities)
-        output = model(batch.inputs, batch.lengths, batch.present)
-        loss_sums += model.task_losses(output, batch.targets, batch.task_masks).double().cpu() * len(chunk)
-        for task, head in model.heads.items():
-            prediction = output.predictions[task].float()
-            if head.loss_kind == "contrastive":  # similarity within a batch: score per batch
-                batch_scores[task].append(task_metrics(head.metrics, prediction, None)["retrieval_accuracy"])
-                continue
-            mask = (batch.task_masks or {}).get(task)
-            target = batch.targets[task]
-            if mask is not None:
-                prediction, target = prediction[mask], target[mask]
-            predictions[task].append(prediction.cpu())
-            targets[task].append(target.cpu())
-    shards = distributed.gather((predictions, targets, batch_scores, loss_sums), context)
-    loss_means = sum(shard[3] for shard in shards) / max(1, len(split))
-    results: dict[str, float] = {}
-    for index, (task, head) in enumerate(model.heads.items()):
-        results[f"{task}.loss"] = float(loss_means[index])
-        scores = [score for shard in shards for score in shard[2][task]]
-        task_predictions = [p for shard in shards for p in shard[0][task]]
-        if scores:
-            results[f"{task}.retrieval_accuracy"] = float(np.mean(scores))
-        elif task_predictions:
-            task_targets = torch.cat([t for shard in shards for t in shard[1][task]])
-            metrics = task_metrics(head.metrics, torch.cat(task_predictions), task_targets)
-            results.update({f"{task}.{name}": value for name, value in metrics.items()})
-    results["loss"] = float(loss_means.sum())
-    return results
-
-
 def tensorboard_writer_class() -> Any:
     """``torch.utils.tensorboard.SummaryWriter`` when the tensorboard package is installed, else None."""
     try:
@@ -203,14 +86,6 @@ def tensorboard_writer_class() -> Any:
     except ImportError:
         return None
     return SummaryWriter
-
-
-def is_better(metric: str, value: float, best: float | None) -> bool:
-    """Whether ``value`` of ``metric`` ("loss" or "<task>.<name>") improves on ``best``."""
-    if best is None or math.isnan(best):
-        return not math.isnan(value)
-    higher = HIGHER_IS_BETTER.get(metric.rpartition(".")[2], False)
-    return value > best if higher else value < best
 
 
 class Trainer:

@@ -15,7 +15,8 @@ import yaml
 
 from mtmm_core.cli import main as cli_main
 from mtmm_core.config import validate_config
-from mtmm_core.trainer import Trainer, load_dataset
+from mtmm_core.data import load_dataset
+from mtmm_core.trainer import Trainer
 from mtmm_core.userdata import FolderDataset, check_dataset
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "data.md"

@@ -1,0 +1,86 @@
+"""Evaluation on a whole split: per-task metrics and losses, gathered across ranks when distributed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtmm_core import distributed
+from mtmm_core.contracts import Batch
+from mtmm_core.metrics import HIGHER_IS_BETTER, task_metrics
+from mtmm_core.model import MultimodalMultitaskModel
+
+
+def to_device(batch: Batch, device: torch.device, modalities: list[str] | None = None) -> Batch:
+    """Move a batch's tensors to ``device``, keeping only ``modalities`` when given."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return value
+
+    keep = (lambda d: d) if modalities is None else (lambda d: {m: v for m, v in (d or {}).items() if m in modalities})
+    return Batch(move(keep(batch.inputs)), move(keep(batch.lengths)), move(batch.targets),
+                 move(keep(batch.present)) if batch.present is not None else None,
+                 move(batch.task_masks) if batch.task_masks is not None else None)
+
+
+@torch.no_grad()
+def evaluate(model: MultimodalMultitaskModel, split: Any, device: torch.device, batch_size: int = 256,
+             modalities: list[str] | None = None, context: distributed.Context = distributed.Context()
+             ) -> dict[str, float]:
+    """Per-task metrics and losses on a whole split, flattened as ``"<task>.<metric>"`` plus ``"loss"``.
+
+    ``modalities`` restricts the inputs to a subset (the model degrades, it does not fail). With
+    several ranks each scores every ``world_size``-th sample and the results are gathered.
+    """
+    model.eval()
+    predictions: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
+    targets: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
+    batch_scores: dict[str, list[float]] = {t: [] for t in model.tasks}
+    loss_sums = torch.zeros(len(model.tasks), dtype=torch.float64)
+    rows = np.arange(context.rank, len(split), context.world_size)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = to_device(split.batch(chunk), device, modalities)
+        output = model(batch.inputs, batch.lengths, batch.present)
+        loss_sums += model.task_losses(output, batch.targets, batch.task_masks).double().cpu() * len(chunk)
+        for task, head in model.heads.items():
+            prediction = output.predictions[task].float()
+            if head.loss_kind == "contrastive":  # similarity within a batch: score per batch
+                batch_scores[task].append(task_metrics(head.metrics, prediction, None)["retrieval_accuracy"])
+                continue
+            mask = (batch.task_masks or {}).get(task)
+            target = batch.targets[task]
+            if mask is not None:
+                prediction, target = prediction[mask], target[mask]
+            predictions[task].append(prediction.cpu())
+            targets[task].append(target.cpu())
+    shards = distributed.gather((predictions, targets, batch_scores, loss_sums), context)
+    loss_means = sum(shard[3] for shard in shards) / max(1, len(split))
+    results: dict[str, float] = {}
+    for index, (task, head) in enumerate(model.heads.items()):
+        results[f"{task}.loss"] = float(loss_means[index])
+        scores = [score for shard in shards for score in shard[2][task]]
+        task_predictions = [p for shard in shards for p in shard[0][task]]
+        if scores:
+            results[f"{task}.retrieval_accuracy"] = float(np.mean(scores))
+        elif task_predictions:
+            task_targets = torch.cat([t for shard in shards for t in shard[1][task]])
+            metrics = task_metrics(head.metrics, torch.cat(task_predictions), task_targets)
+            results.update({f"{task}.{name}": value for name, value in metrics.items()})
+    results["loss"] = float(loss_means.sum())
+    return results
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of ``metric`` ("loss" or "<task>.<name>") improves on ``best``."""
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    higher = HIGHER_IS_BETTER.get(metric.rpartition(".")[2], False)
+    return value > best if higher else value < best
