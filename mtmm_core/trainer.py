@@ -136,19 +136,26 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
-        """Train until the last epoch or early stopping, then evaluate the best weights on the test split."""
+        """Train until the last epoch or early stopping, then evaluate the best weights on the test split.
+
+        Under torchrun the process group is left at the end (every rank waits for the others first).
+        """
         try:
             while self.epoch < self.settings.epochs:
                 self._train_epoch()
                 if self._end_epoch():
                     break
+            metrics = self.test()
+            distributed.barrier(self.context)
+            return metrics
         except KeyboardInterrupt:
             self._save_last()
             if self.context.is_main:
                 print(f"\ninterrupted: checkpoint saved; continue with `mtmm train --resume {self.out_dir}`",
                       file=sys.stderr)
             raise
-        return self.test()
+        finally:
+            distributed.teardown(self.context)
 
     def _train_epoch(self) -> None:
         settings, split = self.settings, self.dataset.splits["train"]
