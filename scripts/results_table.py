@@ -2,8 +2,9 @@
 
     python scripts/results_table.py [--configs default gated ...] [--out-dir runs/results]
 
-Writes ``benchmarks/results/avdigits_configs.json`` and replaces the table between the
-``<!-- results:start -->`` and ``<!-- results:end -->`` markers in README.md.
+Writes ``benchmarks/results/avdigits_configs.json`` (runs of configs not named this time are
+kept) and replaces the table between the ``<!-- results:start -->`` and
+``<!-- results:end -->`` markers in README.md.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def main() -> None:
         print(name, f"{seconds:.0f} s", {key: round(metrics[key], 4) for key, _ in COLUMNS}, flush=True)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     out = ROOT / "benchmarks" / "results" / "avdigits_configs.json"
+    earlier = json.loads(out.read_text())["runs"] if out.is_file() else []
+    rerun = {row["config"] for row in rows}
+    rows = sorted([row for row in earlier if row["config"] not in rerun] + rows, key=lambda row: row["config"])
     out.write_text(json.dumps({"machine": machine, "runs": rows}, indent=2))
     lines = ["| config | " + " | ".join(label for _, label in COLUMNS) + " | epochs | train time |",
              "|---|" + "---|" * (len(COLUMNS) + 2)]
