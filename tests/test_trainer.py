@@ -186,3 +186,11 @@ def test_epochs_are_mirrored_to_tensorboard_when_it_is_installed(small_data, tmp
     tags = {entry[0] for entry in written[1:]}
     assert {"train/image_digit", "validation/match.accuracy", "task_weights/digit_sum", "lr"} <= tags
     assert {entry[2] for entry in written[1:]} == {1, 2}
+
+
+def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(small_data, tmp_path):
+    # lr 0: nothing changes, so the validation loss never improves on epoch 1
+    Trainer(config("train.epochs=6", "data.train_rows=128", "train.lr=0.0", "train.patience=2"), tmp_path / "run").run()
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in log] == [1, 2, 3]
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
