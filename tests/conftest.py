@@ -33,6 +33,16 @@ def clean_plugin_state(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
+def small_data():
+    """Register ``small_avdigits`` (tests/small_data.py) as an in-process data-set plugin."""
+    from small_data import SmallDataPlugin
+
+    name = plugins.register_plugin(SmallDataPlugin(), name="test-small-data")
+    yield
+    plugins.unregister_plugin(name)
+
+
+@pytest.fixture
 def make_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
     """Write a real installed distribution (module + dist-info with mtmm entry points) onto sys.path.
 

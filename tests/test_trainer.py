@@ -13,63 +13,10 @@ from mtmm_core.checkpoint import load_checkpoint
 from mtmm_core.cli import main as cli_main
 from mtmm_core.config import load_config
 from mtmm_core.trainer import NonFiniteLossError, Trainer
-from mtmm_plugins.datasets.avdigits import AVDigits
-
-SMALL_MODEL = [
-    "model.dim=32",
-    "model.encoders.image.channels=[16, 32]",
-    "model.encoders.audio.depth=1",
-    "model.fusion.name=concat",
-    "model.fusion.heads=null",
-    "train.progress=false",
-]
-
-
-class FewRows:
-    """The first ``rows`` samples of a split (a data-set plugin defined in a test)."""
-
-    def __init__(self, split, rows: int):
-        self.split, self.rows = split, min(rows, len(split))
-
-    def __len__(self) -> int:
-        return self.rows
-
-    def batch(self, rows):
-        return self.split.batch(rows)
-
-
-class SmallAVDigits:
-    """avdigits cut to a few hundred samples per split, for quick tests."""
-
-    def __init__(self, *, train_rows: int = 512, seed: int = 0):
-        full = AVDigits(seed=seed)
-        self.modalities, self.tasks = full.modalities, full.tasks
-        self.splits = {"train": FewRows(full.splits["train"], train_rows),
-                       "validation": FewRows(full.splits["validation"], 192),
-                       "test": FewRows(full.splits["test"], 192)}
-
-
-class TestDataPlugin:
-    @mtmm_core.hookimpl
-    def register_datasets(self, register):
-        register("small_avdigits", SmallAVDigits)
-
-
-@pytest.fixture
-def small_data():
-    name = mtmm_core.register_plugin(TestDataPlugin(), name="test-data")
-    yield
-    mtmm_core.unregister_plugin(name)
-
-
-def config(*overrides: str) -> dict:
-    cfg = load_config(None, [*SMALL_MODEL, "data.name=small_avdigits", *overrides])
-    cfg["model"]["fusion"] = {"name": "concat"}
-    return cfg
-
+from small_data import FewRows, small_config
 
 def test_a_short_run_learns_well_above_chance_and_writes_its_run_folder(small_data, tmp_path):
-    metrics = Trainer(config("train.epochs=5", "data.train_rows=2100", "train.lr=0.003"), tmp_path / "run").run()
+    metrics = Trainer(small_config("train.epochs=5", "data.train_rows=2100", "train.lr=0.003"), tmp_path / "run").run()
     assert metrics["image_digit.accuracy"] > 0.4 and metrics["audio_digit.accuracy"] > 0.3  # chance: 0.1
     assert metrics["digit_sum.mae"] < 3.0  # predicting the mean gives about 3.3
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -83,7 +30,7 @@ def test_a_short_run_learns_well_above_chance_and_writes_its_run_folder(small_da
 
 def test_an_interrupted_run_resumes_to_the_same_metrics(small_data, tmp_path, monkeypatch):
     overrides = ("train.epochs=2", "data.train_rows=384", "model.modality_dropout=0.3")
-    straight = Trainer(config(*overrides), tmp_path / "straight").run()
+    straight = Trainer(small_config(*overrides), tmp_path / "straight").run()
 
     calls = {"n": 0}
     original = FewRows.batch
@@ -97,16 +44,16 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(small_data, tmp_path, mo
 
     monkeypatch.setattr(FewRows, "batch", interrupt_at_step_9)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(config(*overrides), tmp_path / "resumed").run()
+        Trainer(small_config(*overrides), tmp_path / "resumed").run()
     monkeypatch.setattr(FewRows, "batch", original)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step_in_epoch"] == 2
-    resumed = Trainer(config(*overrides), tmp_path / "resumed", resume=True).run()
+    resumed = Trainer(small_config(*overrides), tmp_path / "resumed", resume=True).run()
     assert json.dumps(resumed, sort_keys=True) == json.dumps(straight, sort_keys=True)
 
 
 def test_a_non_finite_loss_stops_naming_the_task_and_keeps_the_last_good_checkpoint(small_data, tmp_path,
                                                                                    monkeypatch):
-    trainer = Trainer(config("train.epochs=2", "data.train_rows=128"), tmp_path / "run")
+    trainer = Trainer(small_config("train.epochs=2", "data.train_rows=128"), tmp_path / "run")
     original = FewRows.batch
     calls = {"n": 0}
 
@@ -125,7 +72,7 @@ def test_a_non_finite_loss_stops_naming_the_task_and_keeps_the_last_good_checkpo
 
 
 def test_evaluate_with_a_subset_of_modalities_degrades_without_failing(small_data, tmp_path, capsys):
-    Trainer(config("train.epochs=2", "data.train_rows=256"), tmp_path / "run").run()
+    Trainer(small_config("train.epochs=2", "data.train_rows=256"), tmp_path / "run").run()
     capsys.readouterr()
     assert cli_main(["evaluate", str(tmp_path / "run"), "--modalities", "image", "--json"]) == 0
     image_only = json.loads(capsys.readouterr().out)
@@ -133,7 +80,7 @@ def test_evaluate_with_a_subset_of_modalities_degrades_without_failing(small_dat
 
 
 def test_predict_writes_every_sample_of_the_data_set(small_data, tmp_path, capsys):
-    Trainer(config("train.epochs=1", "data.train_rows=128"), tmp_path / "run").run()
+    Trainer(small_config("train.epochs=1", "data.train_rows=128"), tmp_path / "run").run()
     out = tmp_path / "predictions.npz"
     assert cli_main(["predict", str(tmp_path / "run"), "--data", "small_avdigits", "--out", str(out)]) == 0
     with np.load(out) as saved:
@@ -154,14 +101,14 @@ def test_invalid_configs_name_the_key():
 
 
 def test_gradient_level_weighting_trains_through_the_trainer(small_data, tmp_path):
-    metrics = Trainer(config("train.epochs=1", "data.train_rows=128", "model.weighting.name=pcgrad"),
+    metrics = Trainer(small_config("train.epochs=1", "data.train_rows=128", "model.weighting.name=pcgrad"),
                       tmp_path / "run").run()
     assert all(np.isfinite(v) for k, v in metrics.items() if not k.endswith("auroc"))
     assert torch.isfinite(load_checkpoint(tmp_path / "run" / "best.pt")["model"]["fusion.output.1.weight"]).all()
 
 
 def test_a_config_naming_tasks_the_data_set_lacks_is_refused_by_name(small_data, tmp_path):
-    cfg = config("train.epochs=1")
+    cfg = small_config("train.epochs=1")
     cfg["model"]["tasks"]["colour"] = {"head": "classification", "num_classes": 3}
     with pytest.raises(mtmm_core.SpecError, match=r"^model\.tasks\.colour: the data set has no task 'colour'"):
         Trainer(cfg, tmp_path / "run")
@@ -181,7 +128,7 @@ def test_epochs_are_mirrored_to_tensorboard_when_it_is_installed(small_data, tmp
             pass
 
     monkeypatch.setattr("mtmm_core.trainer.tensorboard_writer_class", lambda: RecordingWriter)
-    Trainer(config("train.epochs=2", "data.train_rows=128"), tmp_path / "run").run()
+    Trainer(small_config("train.epochs=2", "data.train_rows=128"), tmp_path / "run").run()
     assert written[0] == ("dir", str(tmp_path / "run" / "tensorboard"))
     tags = {entry[0] for entry in written[1:]}
     assert {"train/image_digit", "validation/match.accuracy", "task_weights/digit_sum", "lr"} <= tags
@@ -190,7 +137,7 @@ def test_epochs_are_mirrored_to_tensorboard_when_it_is_installed(small_data, tmp
 
 def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(small_data, tmp_path):
     # lr 0: nothing changes, so the validation loss never improves on epoch 1
-    Trainer(config("train.epochs=6", "data.train_rows=128", "train.lr=0.0", "train.patience=2"), tmp_path / "run").run()
+    Trainer(small_config("train.epochs=6", "data.train_rows=128", "train.lr=0.0", "train.patience=2"), tmp_path / "run").run()
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in log] == [1, 2, 3]
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1

@@ -15,77 +15,26 @@ from mtmm_core.config import load_config
 from mtmm_core.spec import build_model
 from mtmm_core.trainer import Trainer
 from mtmm_core.transfer import freeze, load_weights, transfer_settings
-from mtmm_plugins.datasets.avdigits import AVDigits
-
-SMALL_MODEL = [
-    "model.dim=32",
-    "model.encoders.image.channels=[16, 32]",
-    "model.encoders.audio.depth=1",
-    "train.progress=false",
-]
-
-
-class FirstRows:
-    """The first ``rows`` samples of a split."""
-
-    def __init__(self, split, rows: int):
-        self.split, self.rows = split, min(rows, len(split))
-
-    def __len__(self) -> int:
-        return self.rows
-
-    def batch(self, rows):
-        return self.split.batch(rows)
-
-
-class TinyAVDigits:
-    """avdigits cut short, for quick transfer tests."""
-
-    def __init__(self, *, train_rows: int = 512, seed: int = 0):
-        full = AVDigits(seed=seed)
-        self.modalities, self.tasks = full.modalities, full.tasks
-        self.splits = {"train": FirstRows(full.splits["train"], train_rows),
-                       "validation": FirstRows(full.splits["validation"], 128),
-                       "test": FirstRows(full.splits["test"], 128)}
-
-
-class TinyDataPlugin:
-    @mtmm_core.hookimpl
-    def register_datasets(self, register):
-        register("tiny_avdigits", TinyAVDigits)
-
-
-@pytest.fixture
-def tiny_data():
-    name = mtmm_core.register_plugin(TinyDataPlugin(), name="test-transfer-data")
-    yield
-    mtmm_core.unregister_plugin(name)
-
-
-def config(*overrides: str) -> dict:
-    cfg = load_config(None, [*SMALL_MODEL, "data.name=tiny_avdigits", *overrides])
-    cfg["model"]["fusion"] = {"name": "concat"}
-    return cfg
-
+from small_data import FewRows, small_config
 
 def first_epoch_train_loss(run_dir, task: str) -> float:
     first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     return first["train"][task]
 
 
-def test_a_transferred_image_encoder_starts_the_four_task_run_with_a_lower_image_digit_loss(tiny_data, tmp_path,
+def test_a_transferred_image_encoder_starts_the_four_task_run_with_a_lower_image_digit_loss(small_data, tmp_path,
                                                                                           capsys):
     fast = ("train.lr=0.01", "train.batch_size=32")
-    pretrain = config("train.epochs=3", "data.train_rows=1024", *fast)
+    pretrain = small_config("train.epochs=3", "data.train_rows=1024", *fast)
     pretrain["model"]["tasks"] = {"image_digit": {"head": "classification", "num_classes": 10}}
     Trainer(pretrain, tmp_path / "pretrain").run()
     capsys.readouterr()
 
     shortened = ("train.epochs=1", "data.train_rows=512", *fast)  # the four-task run, cut to its first epoch
-    fresh = Trainer(config(*shortened), tmp_path / "fresh")
+    fresh = Trainer(small_config(*shortened), tmp_path / "fresh")
     assert len(fresh.model.tasks) == 4
     fresh.run()
-    transferred = Trainer(config(*shortened, f"transfer.init_from={tmp_path / 'pretrain'}",
+    transferred = Trainer(small_config(*shortened, f"transfer.init_from={tmp_path / 'pretrain'}",
                                  "transfer.init_prefixes=[encoders.image]"), tmp_path / "transferred")
     report = capsys.readouterr().err
     pretrained = load_checkpoint(tmp_path / "pretrain" / "best.pt")["model"]
@@ -211,8 +160,8 @@ FREEZE = ("train.epochs=3", "data.train_rows=128", "transfer.freeze=[encoders.im
           "transfer.unfreeze_at_epoch=2")
 
 
-def test_frozen_parameters_get_no_optimizer_state_until_they_are_unfrozen(tiny_data, tmp_path):
-    trainer = Trainer(config(*FREEZE), tmp_path / "run")
+def test_frozen_parameters_get_no_optimizer_state_until_they_are_unfrozen(small_data, tmp_path):
+    trainer = Trainer(small_config(*FREEZE), tmp_path / "run")
     image = {name: p for name, p in trainer.model.named_parameters() if name.startswith("encoders.image.")}
     before = {name: p.detach().clone() for name, p in image.items()}
     assert not any(p.requires_grad for p in image.values())
@@ -226,11 +175,11 @@ def test_frozen_parameters_get_no_optimizer_state_until_they_are_unfrozen(tiny_d
     assert any(not torch.equal(parameter, before[name]) for name, parameter in image.items())
 
 
-def test_a_run_interrupted_after_unfreezing_resumes_to_the_same_metrics(tiny_data, tmp_path, monkeypatch):
-    straight = Trainer(config(*FREEZE), tmp_path / "straight").run()
+def test_a_run_interrupted_after_unfreezing_resumes_to_the_same_metrics(small_data, tmp_path, monkeypatch):
+    straight = Trainer(small_config(*FREEZE), tmp_path / "straight").run()
 
     calls = {"n": 0}
-    original = FirstRows.batch
+    original = FewRows.batch
 
     def interrupt_in_epoch_2(self, rows):
         if self.rows == 128 and len(rows) == 64:
@@ -239,18 +188,18 @@ def test_a_run_interrupted_after_unfreezing_resumes_to_the_same_metrics(tiny_dat
                 raise KeyboardInterrupt
         return original(self, rows)
 
-    monkeypatch.setattr(FirstRows, "batch", interrupt_in_epoch_2)
+    monkeypatch.setattr(FewRows, "batch", interrupt_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(config(*FREEZE), tmp_path / "resumed").run()
-    monkeypatch.setattr(FirstRows, "batch", original)
+        Trainer(small_config(*FREEZE), tmp_path / "resumed").run()
+    monkeypatch.setattr(FewRows, "batch", original)
     state = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert state["epoch"] == 1 and state["step_in_epoch"] == 1  # interrupted after unfreezing
-    resumed = Trainer(config(*FREEZE), tmp_path / "resumed", resume=True).run()
+    resumed = Trainer(small_config(*FREEZE), tmp_path / "resumed", resume=True).run()
     assert json.dumps(resumed, sort_keys=True) == json.dumps(straight, sort_keys=True)
 
 
-def test_soft_sharing_logs_its_penalty(tiny_data, tmp_path):
-    cfg = config("train.epochs=1", "data.train_rows=64")
+def test_soft_sharing_logs_its_penalty(small_data, tmp_path):
+    cfg = small_config("train.epochs=1", "data.train_rows=64")
     cfg["model"]["architecture"] = {"name": "soft_sharing", "hidden": 16, "depth": 1, "coupling": 0.01}
     Trainer(cfg, tmp_path / "run").run()
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
