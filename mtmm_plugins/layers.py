@@ -7,6 +7,8 @@ gives zeros instead of NaN.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -23,11 +25,29 @@ def prefix_lengths(mask: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
+class AttentionKeys(NamedTuple):
+    """The keys to attend: ``lengths`` ``[B]`` when they are a prefix (the kernel's fast path), else ``mask``.
+
+    Build it once per key set with :meth:`from_mask` and pass it to every block that
+    attends to those keys: the prefix test (a host sync on a GPU) then runs once, not per block.
+    """
+
+    lengths: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor | None) -> "AttentionKeys":
+        """From a bool ``mask`` ``[B, Lk]`` (True = attend); None means every key."""
+        if mask is None:
+            return cls()
+        lengths = prefix_lengths(mask)
+        return cls(lengths=lengths) if lengths is not None else cls(mask=mask)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: queries from ``x`` ``[B, Lq, D]``, keys/values from ``context`` ``[B, Lk, Dc]``.
 
-    ``key_mask`` ``[B, Lk]`` (bool, True = attend) selects the keys; a prefix mask is
-    passed to the kernel as per-sample lengths (its fast path). Returns ``[B, Lq, D]``.
+    ``keys`` (:class:`AttentionKeys`) selects the keys; None attends to all. Returns ``[B, Lq, D]``.
     """
 
     def __init__(self, dim: int, heads: int = 4, context_dim: int | None = None, dropout: float = 0.0):
@@ -45,16 +65,13 @@ class MultiHeadAttention(nn.Module):
         self,
         x: torch.Tensor,
         context: torch.Tensor | None = None,
-        key_mask: torch.Tensor | None = None,
+        keys: AttentionKeys | None = None,
     ) -> torch.Tensor:
         context = x if context is None else context
+        keys = keys or AttentionKeys()
         q = rearrange(self.to_q(x), "b l (h d) -> b h l d", h=self.heads)
         k, v = rearrange(self.to_kv(context), "b l (two h d) -> two b h l d", two=2, h=self.heads)
-        lengths = None if key_mask is None else prefix_lengths(key_mask)
-        if lengths is not None:
-            attended = cross_modal_attention(q, k, v, key_lengths=lengths)
-        else:
-            attended = cross_modal_attention(q, k, v, key_padding_mask=key_mask)
+        attended = cross_modal_attention(q, k, v, key_lengths=keys.lengths, key_padding_mask=keys.mask)
         return self.dropout(self.out(rearrange(attended, "b h l d -> b l (h d)")))
 
 
@@ -74,7 +91,7 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: ``x`` ``[B, L, D]`` attends to ``context`` (default: itself), then an MLP.
 
-    ``key_mask`` ``[B, Lk]`` masks the keys of the context. Returns ``[B, L, D]``.
+    ``keys`` (:class:`AttentionKeys`) selects the keys of the context. Returns ``[B, L, D]``.
     """
 
     def __init__(self, dim: int, heads: int = 4, context_dim: int | None = None, dropout: float = 0.0):
@@ -90,12 +107,12 @@ class TransformerBlock(nn.Module):
         self,
         x: torch.Tensor,
         context: torch.Tensor | None = None,
-        key_mask: torch.Tensor | None = None,
+        keys: AttentionKeys | None = None,
     ) -> torch.Tensor:
         normed = self.norm_x(x)
         if context is None:
             context = normed
         else:
             context = (self.norm_x if self.norm_context is None else self.norm_context)(context)
-        x = x + self.attention(normed, context, key_mask)
+        x = x + self.attention(normed, context, keys)
         return x + self.feed_forward(self.norm_ff(x))

@@ -7,7 +7,7 @@ expected and what was given; the model prefixes the modality name.
 import torch
 from torch import nn
 
-from mtmm_plugins.layers import TransformerBlock
+from mtmm_plugins.layers import AttentionKeys, TransformerBlock
 
 
 def check_shape(x: object, what: str, expected: tuple[str | int, ...]) -> None:
@@ -91,8 +91,9 @@ class PositionalTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.dropout(tokens + self.position_embedding[: tokens.shape[1]])
+        keys = AttentionKeys.from_mask(mask)
         for block in self.blocks:
-            x = block(x, key_mask=mask)
+            x = block(x, keys=keys)
         x = self.norm(x)
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)

@@ -14,7 +14,7 @@ from torch import nn
 
 from mtmm_core.contracts import masked_mean
 from mtmm_plugins.fusions.base import Fusion, present_mean
-from mtmm_plugins.layers import TransformerBlock
+from mtmm_plugins.layers import AttentionKeys, TransformerBlock
 
 
 def _to_width(width: int, dim: int) -> nn.Module:
@@ -65,9 +65,9 @@ class CrossModalAttentionFusion(Fusion):
             others = [o for o in in_batch if o != m]
             if others:
                 context = torch.cat([projected[o] for o in others], dim=1)
-                key_mask = torch.cat([_key_mask(o, masks, present) for o in others], dim=1)
+                keys = AttentionKeys.from_mask(torch.cat([_key_mask(o, masks, present) for o in others], dim=1))
                 for block in self.cross_blocks[m]:
-                    x = block(x, context, key_mask)
+                    x = block(x, context, keys)
             pooled[m] = masked_mean(x, masks[m])
         return self.output(present_mean(pooled, present))
 
@@ -114,9 +114,9 @@ class PerceiverFusion(Fusion):
         context = torch.cat(
             [self.projections[m](tokens[m]) + self.modality_embeddings[m] for m in in_batch], dim=1
         )
-        key_mask = torch.cat([_key_mask(m, masks, present) for m in in_batch], dim=1)
+        keys = AttentionKeys.from_mask(torch.cat([_key_mask(m, masks, present) for m in in_batch], dim=1))
         latents = repeat(self.latents, "n d -> b n d", b=context.shape[0])
-        latents = self.cross_block(latents, context, key_mask)
+        latents = self.cross_block(latents, context, keys)
         for block in self.self_blocks:
             latents = block(latents)
         return self.norm(latents.mean(dim=1))
