@@ -176,7 +176,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 output = self.model(batch.inputs, batch.lengths, batch.present)
                 losses = self._global_mean(self.model.task_losses(output, batch.targets, batch.task_masks))
-            self._check_finite(losses)
+            values = losses.detach().double().cpu()  # the step's one host copy of the losses
+            self._check_finite(values)
             regularization = self.model.regularization()
             self.optimizer.zero_grad(set_to_none=True)
             self._backward(losses, output, regularization)
@@ -191,9 +192,9 @@ class Trainer:
                     after = self.model(batch.inputs, batch.lengths, batch.present)
                     after_losses = self._global_mean(self.model.task_losses(after, batch.targets, batch.task_masks))
                     self.model.weighting.after_step(after_losses)
-            self.epoch_loss_sums += losses.detach().double().cpu()
+            self.epoch_loss_sums += values
             if regularization is not None:
-                self.epoch_regularization_sum += float(regularization.detach())
+                self.epoch_regularization_sum += regularization.detach()  # stays on the device until the epoch ends
             self.step_in_epoch = step + 1
             means = (self.epoch_loss_sums / self.step_in_epoch).tolist()
             progress.update(f"epoch {self.epoch + 1}/{settings.epochs}", step + 1, self.steps_per_epoch,
@@ -230,8 +231,9 @@ class Trainer:
                 total = total + regularization
             total.backward()
 
-    def _check_finite(self, losses: torch.Tensor) -> None:
-        bad = [task for task, value in zip(self.model.tasks, losses.detach()) if not torch.isfinite(value)]
+    def _check_finite(self, values: torch.Tensor) -> None:
+        """Stop on a NaN or infinite task loss; ``values`` ``[T]`` is a CPU copy (no further sync)."""
+        bad = [task for task, finite in zip(self.model.tasks, torch.isfinite(values).tolist()) if not finite]
         if bad:
             raise NonFiniteLossError(
                 f"the loss of task {', '.join(map(repr, bad))} is not finite at epoch {self.epoch + 1}, "
@@ -252,7 +254,7 @@ class Trainer:
                              f"available: {', '.join(sorted(validation))}")
         self.epoch += 1
         self.step_in_epoch, self.epoch_loss_sums = 0, torch.zeros_like(self.epoch_loss_sums)
-        regularization = self.epoch_regularization_sum / max(1, self.steps_per_epoch)
+        regularization = float(self.epoch_regularization_sum) / max(1, self.steps_per_epoch)
         self.epoch_regularization_sum = 0.0
         improved = is_better(self.settings.monitor, monitored, self.best)
         if improved:
