@@ -28,3 +28,7 @@ class SpecError(MtmmError, ValueError):
     def __init__(self, path: str, message: str):
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class NonFiniteError(MtmmError, FloatingPointError):
+    """A task's loss or gradient is NaN or infinite; the message names the task and the weighting."""

@@ -141,12 +141,43 @@ class MultimodalMultitaskModel(nn.Module):
             losses.update(zip(supervised, per_task.unbind()))
         return torch.stack([losses[task].float() for task in self.heads])
 
+    def labelled_tasks(self, output: ModelOutput, targets: Mapping[str, torch.Tensor],
+                       task_masks: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Bool ``[T]`` in task order: True where the task has at least one labelled sample in the batch.
+
+        A task is absent when it has no target, when its task mask is all False, when every
+        cross-entropy target is the ignore index (-100), or (contrastive) when no sample has
+        both of its modalities. The weightings leave absent tasks out of the step. No host sync.
+        """
+        task_masks = dict(task_masks or {})
+        flags = []
+        for task, head in self.heads.items():
+            prediction, mask = output.predictions[task], task_masks.get(task)
+            if head.loss_kind == "contrastive":
+                first, second = head.modalities
+                labelled = _present_or_false(output.present, first, prediction) & _present_or_false(
+                    output.present, second, prediction)
+            elif task in targets:
+                target = targets[task]
+                labelled = torch.ones(target.shape[0], dtype=torch.bool, device=prediction.device)
+                if head.loss_kind == "cross_entropy":
+                    labelled = labelled & (target.to(prediction.device) != -100)
+            else:
+                flags.append(torch.zeros((), dtype=torch.bool, device=prediction.device))
+                continue
+            if mask is not None:
+                labelled = labelled & mask.to(device=labelled.device, dtype=torch.bool)
+            flags.append(labelled.any())
+        return torch.stack(flags)
+
     def compute_loss(self, output: ModelOutput, targets: Mapping[str, torch.Tensor],
                      task_masks: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted total loss (scalar), plus :meth:`regularization` when there is one, and the
-        unweighted loss of each task."""
+        unweighted loss of each task. Tasks without a labelled sample take no part (:meth:`labelled_tasks`)."""
+        from mtmm_core.weighting import weighted_total
+
         losses = self.task_losses(output, targets, task_masks)
-        total = self.weighting(losses)
+        total = weighted_total(self.weighting, losses, self.labelled_tasks(output, targets, task_masks))
         regularization = self.regularization()
         if regularization is not None:
             total = total + regularization

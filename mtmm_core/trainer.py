@@ -27,6 +27,7 @@ from mtmm_core.data import complete_model_spec, load_dataset
 from mtmm_core.evaluation import evaluate, is_better, to_device
 from mtmm_core.spec import build_model
 from mtmm_core.transfer import freeze, load_weights, transfer_settings
+from mtmm_core.weighting import call_with_present, weighted_backward, weighted_total
 
 
 class NonFiniteLossError(RuntimeError):
@@ -127,6 +128,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.best, self.stale_epochs = 0, 0, None, 0
         self._tensorboard: Any = None  # created on the first epoch's log, False when unavailable
         self.epoch_loss_sums = torch.zeros(len(self.model.tasks), dtype=torch.float64)
+        self.epoch_present_counts = torch.zeros(len(self.model.tasks), dtype=torch.float64)
         self.epoch_regularization_sum = 0.0  # of the architecture's regularization(), when it has one
         if resume:
             self._restore(load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
@@ -176,11 +178,12 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 output = self.model(batch.inputs, batch.lengths, batch.present)
                 losses = self._global_mean(self.model.task_losses(output, batch.targets, batch.task_masks))
-            values = losses.detach().double().cpu()  # the step's one host copy of the losses
-            self._check_finite(values)
+            present = self._global_any(self.model.labelled_tasks(output, batch.targets, batch.task_masks))
+            values, flags = torch.stack([losses.detach().double(), present.double()]).cpu()  # the step's one host copy
+            self._check_finite(values.where(flags.bool(), 0.0))  # an absent task's loss takes no part
             regularization = self.model.regularization()
             self.optimizer.zero_grad(set_to_none=True)
-            self._backward(losses, output, regularization)
+            self._backward(losses, output, regularization, present)
             distributed.average_gradients(self.model.parameters(), self.context)
             if settings.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
@@ -191,12 +194,13 @@ class Trainer:
                                                      enabled=self.device.type == "cuda"):
                     after = self.model(batch.inputs, batch.lengths, batch.present)
                     after_losses = self._global_mean(self.model.task_losses(after, batch.targets, batch.task_masks))
-                    self.model.weighting.after_step(after_losses)
-            self.epoch_loss_sums += values
+                    call_with_present(self.model.weighting.after_step, after_losses, present)
+            self.epoch_loss_sums += values * flags  # each task's mean runs over the steps where it had labels
+            self.epoch_present_counts += flags
             if regularization is not None:
                 self.epoch_regularization_sum += regularization.detach()  # stays on the device until the epoch ends
             self.step_in_epoch = step + 1
-            means = (self.epoch_loss_sums / self.step_in_epoch).tolist()
+            means = self._epoch_means().tolist()
             progress.update(f"epoch {self.epoch + 1}/{settings.epochs}", step + 1, self.steps_per_epoch,
                             dict(zip(self.model.tasks, means)))
         progress.close()
@@ -212,7 +216,18 @@ class Trainer:
         mean = distributed.sum_across(losses.detach(), self.context) / self.context.world_size
         return losses + (mean - losses.detach())
 
-    def _backward(self, losses: torch.Tensor, output: Any, regularization: torch.Tensor | None = None) -> None:
+    def _global_any(self, present: torch.Tensor) -> torch.Tensor:
+        """Bool ``[T]``: a task is present in the step when any rank has a labelled sample of it."""
+        if not self.context.active:
+            return present
+        return distributed.sum_across(present.float(), self.context) > 0
+
+    def _epoch_means(self) -> torch.Tensor:
+        """Each task's mean training loss ``[T]`` (float64) over the steps of this epoch where it was present."""
+        return self.epoch_loss_sums / self.epoch_present_counts.clamp_min(1)
+
+    def _backward(self, losses: torch.Tensor, output: Any, regularization: torch.Tensor | None = None,
+                  present: torch.Tensor | None = None) -> None:
         """Backpropagate the weighted task losses plus the architecture's regularization (if any).
 
         A gradient-level weighting combines the task gradients only; the regularization's
@@ -220,13 +235,11 @@ class Trainer:
         """
         weighting = self.model.weighting
         if getattr(weighting, "gradient_level", False):
-            from mtmm_core.weighting import weighted_backward
-
-            weighted_backward(weighting, losses, output.fused)
+            weighted_backward(weighting, losses, output.fused, present)
             if regularization is not None and regularization.requires_grad:
                 regularization.backward()
         else:
-            total = weighting(losses.float())
+            total = weighted_total(weighting, losses.float(), present)
             if regularization is not None:
                 total = total + regularization
             total.backward()
@@ -242,10 +255,10 @@ class Trainer:
 
     def _end_epoch(self) -> bool:
         """Validate, log, checkpoint; returns True when early stopping says stop."""
-        train_losses = (self.epoch_loss_sums / max(1, self.steps_per_epoch)).tolist()
+        train_losses = self._epoch_means().tolist()
         weighting = self.model.weighting
-        if hasattr(weighting, "end_epoch"):
-            weighting.end_epoch(torch.tensor(train_losses))
+        if hasattr(weighting, "end_epoch"):  # e.g. DWA; a task with no labelled sample all epoch is left out
+            call_with_present(weighting.end_epoch, torch.tensor(train_losses), self.epoch_present_counts > 0)
         validation = evaluate(self.model, self.dataset.splits["validation"], self.device,
                               self.settings.eval_batch_size, context=self.context)
         monitored = validation.get(self.settings.monitor)
@@ -254,6 +267,7 @@ class Trainer:
                              f"available: {', '.join(sorted(validation))}")
         self.epoch += 1
         self.step_in_epoch, self.epoch_loss_sums = 0, torch.zeros_like(self.epoch_loss_sums)
+        self.epoch_present_counts = torch.zeros_like(self.epoch_present_counts)
         regularization = float(self.epoch_regularization_sum) / max(1, self.steps_per_epoch)
         self.epoch_regularization_sum = 0.0
         improved = is_better(self.settings.monitor, monitored, self.best)
@@ -334,6 +348,7 @@ class Trainer:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "epoch_loss_sums": self.epoch_loss_sums,
+            "epoch_present_counts": self.epoch_present_counts,
             "epoch_regularization_sum": self.epoch_regularization_sum,
             "best": self.best,
             "stale_epochs": self.stale_epochs,
@@ -347,6 +362,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.epoch_loss_sums = state["epoch_loss_sums"]
+        self.epoch_present_counts = state.get(  # checkpoints before absent tasks were counted: every step counted
+            "epoch_present_counts", torch.full_like(self.epoch_loss_sums, float(self.step_in_epoch)))
         self.epoch_regularization_sum = state["epoch_regularization_sum"]
         self.best, self.stale_epochs = state["best"], state["stale_epochs"]
         rng_states = state["torch_rng"]

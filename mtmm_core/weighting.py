@@ -21,6 +21,7 @@ No graph is retained T times: the batched call keeps the graph once for the fina
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol, Sequence
 
 import torch
@@ -33,14 +34,40 @@ class GradientLevelWeighting(Protocol):
     gradient_level: bool
     gradient_mode: str
 
-    def combine(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor: ...
+    def combine(self, grads: torch.Tensor, losses: torch.Tensor,
+                present: torch.Tensor | None = None) -> torch.Tensor: ...
 
-    def __call__(self, losses: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 def is_gradient_level(weighting: nn.Module) -> bool:
     """True when ``weighting`` combines gradients (``gradient_level = True``) rather than losses."""
     return bool(getattr(weighting, "gradient_level", False))
+
+
+def takes_present(method: object) -> bool:
+    """True when ``method`` accepts a ``present`` keyword (every built-in weighting's methods do).
+
+    A third-party weighting written before absent tasks were a rule keeps working: it is
+    called without ``present`` and sees a loss of 0 (and a zero gradient) for an absent task.
+    """
+    try:
+        return "present" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def call_with_present(method, values: torch.Tensor, present: torch.Tensor | None):
+    """``method(values, present=present)`` where the method takes it, else ``method(values)``."""
+    if present is not None and takes_present(method):
+        return method(values, present=present)
+    return method(values)
+
+
+def weighted_total(weighting: nn.Module, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    """The weighting's total ``[]`` of the task losses ``[T]``; ``present`` bool ``[T]`` marks the tasks
+    with a labelled sample in the batch (None: all)."""
+    return call_with_present(weighting.forward, losses, present)
 
 
 def task_gradients(losses: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -76,21 +103,27 @@ def _shared_inputs(weighting: GradientLevelWeighting, shared: torch.Tensor | Seq
 
 
 def weighted_backward(weighting: nn.Module, losses: torch.Tensor,
-                      shared: torch.Tensor | Sequence[nn.Parameter]) -> torch.Tensor:
+                      shared: torch.Tensor | Sequence[nn.Parameter],
+                      present: torch.Tensor | None = None) -> torch.Tensor:
     """Backpropagate the task losses ``[T]`` as ``weighting`` prescribes; return the total ``[]`` (detached).
 
     ``shared``: the representation ``[B, D]`` (``ModelOutput.fused``) or the list of shared
     parameters, matching the weighting's ``gradient_mode``; ignored by loss-level weightings.
+    ``present``: bool ``[T]``, the tasks with a labelled sample in this batch
+    (``model.labelled_tasks``); absent tasks take no part in the step (docs/weightings.md).
     Gradients accumulate into ``.grad`` like ``loss.backward()``; the caller zeroes and steps.
     """
     if not is_gradient_level(weighting):
-        total = weighting(losses)
+        total = weighted_total(weighting, losses, present)
         total.backward()
         return total.detach()
     inputs = _shared_inputs(weighting, shared)
     per_task = task_gradients(losses, inputs)
     flat = torch.cat([g.flatten(1) for g in per_task], dim=1).float()  # [T, P]
-    combined = weighting.combine(flat, losses.detach())
+    if present is not None and takes_present(weighting.combine):
+        combined = weighting.combine(flat, losses.detach(), present=present)
+    else:
+        combined = weighting.combine(flat, losses.detach())
     if combined.shape != flat.shape[1:]:
         raise ValueError(f"{type(weighting).__name__}.combine returned shape {list(combined.shape)}, "
                          f"expected [P={flat.shape[1]}]")
@@ -103,4 +136,4 @@ def weighted_backward(weighting: nn.Module, losses: torch.Tensor,
         for handle in handles:
             handle.remove()
     with torch.no_grad():
-        return weighting(losses.detach())
+        return weighted_total(weighting, losses.detach(), present)

@@ -10,7 +10,10 @@ class DynamicWeightAverage(LossWeighting):
 
     ``w_k = T * softmax(r / temperature)_k`` with ``r_k = Lbar_k(t-1) / Lbar_k(t-2)``, where
     ``Lbar`` are epoch-mean losses the trainer passes to :meth:`end_epoch`. Every weight is 1
-    until two epochs have ended. The loss history lives in buffers (saved in checkpoints).
+    until two epochs have ended (per task: ``r_k = 1`` until task ``k`` has two epochs of
+    history). In a batch where only the tasks ``S`` are present, the softmax runs over ``S``:
+    ``w_k = |S| * softmax_S(r / temperature)_k``. The loss history lives in buffers (saved
+    in checkpoints).
     """
 
     def __init__(self, *, tasks: list[str], temperature: float = 2.0):
@@ -20,23 +23,35 @@ class DynamicWeightAverage(LossWeighting):
         self.temperature = float(temperature)
         count = len(self.tasks)
         self.register_buffer("epoch_losses", torch.zeros(2, count))  # row 0: last epoch, row 1: the one before
-        self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
+        self.register_buffer("epochs_seen", torch.zeros(count, dtype=torch.long))  # epochs with a loss, per task
         self.register_buffer("task_weights", torch.ones(count))
 
-    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+    def forward(self, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         self.check_losses(losses)
-        return (self.task_weights.to(losses.dtype) * losses).sum()
+        mask = self.present_mask(losses, present)
+        weights = self.task_weights.to(losses).where(mask, 0.0)
+        # w = T softmax(r / temperature); over the present tasks S: |S| w_k / sum_S w_j
+        weights = weights * mask.sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
+        return (weights * losses).where(mask, 0.0).sum()
 
     def weights(self) -> torch.Tensor:
         return self.task_weights.clone()
 
     @torch.no_grad()
-    def end_epoch(self, epoch_mean_losses: torch.Tensor) -> None:
-        """Record this epoch's mean losses ``[T]`` and set the weights for the next epoch."""
+    def end_epoch(self, epoch_mean_losses: torch.Tensor, present: torch.Tensor | None = None) -> None:
+        """Record this epoch's mean losses ``[T]`` and set the weights for the next epoch.
+
+        ``present`` (bool ``[T]``): the tasks that had a labelled sample this epoch; the
+        others keep their history unchanged.
+        """
         self.check_losses(epoch_mean_losses)
-        self.epoch_losses[1] = self.epoch_losses[0]
-        self.epoch_losses[0] = epoch_mean_losses.detach().to(self.epoch_losses)
-        self.epochs_seen += 1
-        if int(self.epochs_seen) >= 2:
-            ratios = self.epoch_losses[0] / self.epoch_losses[1].clamp_min(torch.finfo(self.epoch_losses.dtype).tiny)
-            self.task_weights.copy_(len(self.tasks) * torch.softmax(ratios / self.temperature, dim=0))
+        mask = self.present_mask(self.epoch_losses[0], present)
+        self.check_finite(epoch_mean_losses[:, None], "epoch-mean loss", mask)
+        latest = epoch_mean_losses.detach().to(self.epoch_losses)
+        self.epoch_losses[1] = self.epoch_losses[1].where(~mask, self.epoch_losses[0])
+        self.epoch_losses[0] = self.epoch_losses[0].where(~mask, latest)
+        self.epochs_seen += mask.long()
+        tiny = torch.finfo(self.epoch_losses.dtype).tiny
+        ratios = self.epoch_losses[0] / self.epoch_losses[1].clamp_min(tiny)
+        ratios = ratios.where(self.epochs_seen >= 2, 1.0)
+        self.task_weights.copy_(len(self.tasks) * torch.softmax(ratios / self.temperature, dim=0))

@@ -6,11 +6,12 @@ from mtmm_plugins.weightings.base import LossWeighting
 
 
 class GeometricLossWeighting(LossWeighting):
-    """Geometric mean of the losses: ``[T]`` to ``(prod_i L_i) ** (1 / T)``.
+    """Geometric mean of the present tasks' losses: ``[T]`` to ``(prod_{i present} L_i) ** (1 / t)``.
 
-    Computed as ``exp(mean_i log max(L_i, eps))`` so a zero loss (a task with no label in
-    the batch) gives a finite value and gradient. The effective weight of task ``i``,
-    ``d total / d L_i = total / (T * L_i)``, is kept from the last call for ``weights()``.
+    Computed as ``exp(mean_i log max(L_i, eps))`` over the ``t`` tasks present in the batch
+    (an absent task's loss of 0 would otherwise pull the mean to ``eps``). The effective
+    weight of task ``i``, ``d total / d L_i = total / (t * L_i)``, is kept from the last
+    call for ``weights()`` (0 for an absent task).
     """
 
     def __init__(self, *, tasks: list[str], eps: float = 1e-8):
@@ -18,12 +19,14 @@ class GeometricLossWeighting(LossWeighting):
         self.eps = float(eps)
         self.register_buffer("task_weights", torch.ones(len(self.tasks)), persistent=False)
 
-    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+    def forward(self, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         self.check_losses(losses)
-        clamped = losses.clamp_min(self.eps)
-        total = torch.exp(torch.log(clamped).mean())
+        mask = self.present_mask(losses, present)
+        count = mask.sum().clamp_min(1)
+        clamped = losses.where(mask, 1.0).clamp_min(self.eps)
+        total = torch.exp(torch.log(clamped).where(mask, 0.0).sum() / count).where(mask.any(), 0.0)
         with torch.no_grad():
-            self.task_weights.copy_(total / (len(self.tasks) * clamped))
+            self.task_weights.copy_((total / (count * clamped)).where(mask, 0.0))
         return total
 
     def weights(self) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""What every gradient-level weighting shares: the mode, the ``combine`` contract and min-norm helpers.
+"""What every gradient-level weighting shares: the mode, the ``combine`` contract, absent tasks
+and non-finite gradients handled once, and the Gramian-based family.
 
 A gradient-level weighting sees the per-task gradients ``grads [T, P]`` (each task's
 loss differentiated with respect to the shared representation, or the shared
@@ -6,21 +7,32 @@ parameters, flattened to ``P`` numbers) and returns one combined gradient ``[P]`
 :func:`mtmm_core.weighting.weighted_backward` computes the gradients and applies the result.
 """
 
+from __future__ import annotations
+
+import numpy as np
 import torch
 
 from mtmm_plugins.weightings.base import LossWeighting
+from mtmm_plugins.weightings.solvers import gramian
 
 GRADIENT_MODES = ("representation", "parameters")
 
 
 class GradientWeighting(LossWeighting):
-    """Base of the gradient-level weightings: ``combine(grads [T, P], losses [T]) -> [P]``.
+    """Base of the gradient-level weightings: ``combine(grads [T, P], losses [T], present [T]) -> [P]``.
+
+    ``combine`` checks the shapes, drops the absent tasks (``present`` False), refuses a
+    NaN or infinite loss or gradient of a present task (naming it) before any state
+    changes, and hands the rest to :meth:`aggregate`, which subclasses implement on the
+    ``t`` present tasks only. ``self.active`` ``[t]`` holds the present tasks' indices
+    during the call.
 
     ``gradient_mode``: "representation" (gradients with respect to the fused features
     ``[B, D]``: one cheap backward per task through the heads) or "parameters" (with
-    respect to the shared parameters). ``forward(losses)`` returns the plain sum, the
-    value to log and to validate with; training goes through ``combine``. ``weights()``
-    gives the last combination's weight per task (for strategies that combine linearly).
+    respect to the shared parameters). ``forward(losses)`` returns the plain sum of the
+    present tasks' losses, the value to log and to validate with; training goes through
+    ``combine``. ``weights()`` gives the last combination's weight per task (0 for an absent
+    task; ones for the strategies that are not a weighting of the original gradients).
     """
 
     gradient_level = True
@@ -31,10 +43,11 @@ class GradientWeighting(LossWeighting):
             raise ValueError(f"gradient_mode must be one of {', '.join(GRADIENT_MODES)}, got {gradient_mode!r}")
         self.gradient_mode = gradient_mode
         self.register_buffer("task_weights", torch.ones(len(self.tasks)), persistent=False)
+        self.active = torch.arange(len(self.tasks))
 
-    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+    def forward(self, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         self.check_losses(losses)
-        return losses.sum()
+        return losses.where(self.present_mask(losses, present), 0.0).sum()
 
     def weights(self) -> torch.Tensor:
         return self.task_weights.clone()
@@ -43,56 +56,51 @@ class GradientWeighting(LossWeighting):
         """Raise ValueError unless ``grads`` is ``[T, P]`` and ``losses`` is ``[T]``."""
         self.check_losses(losses)
         if grads.dim() != 2 or grads.shape[0] != len(self.tasks):
-            raise ValueError(f"{type(self).__name__} expects task gradients of shape [T={len(self.tasks)}, P], "
+            raise ValueError(f"{self.method} expects task gradients of shape [T={len(self.tasks)}, P], "
                              f"got {list(grads.shape)}")
 
-    def combine(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        """The combined gradient ``[P]`` from task gradients ``[T, P]`` and losses ``[T]``."""
-        raise NotImplementedError
+    def combine(self, grads: torch.Tensor, losses: torch.Tensor,
+                present: torch.Tensor | None = None) -> torch.Tensor:
+        """The combined gradient ``[P]`` from task gradients ``[T, P]``, losses ``[T]`` and ``present`` ``[T]``."""
+        self.check_grads(grads, losses)
+        mask = self.present_mask(losses, present)
+        self.check_finite(losses.detach(), "loss", mask)
+        self.check_finite(grads, "gradient", mask)
+        self.active = mask.cpu().nonzero().squeeze(1)
+        self.task_weights.zero_()
+        if self.active.numel() == 0:
+            return torch.zeros_like(grads[0])
+        if self.active.numel() == len(self.tasks):
+            return self.aggregate(grads, losses.detach())
+        return self.aggregate(grads[self.active.to(grads.device)], losses.detach()[self.active.to(losses.device)])
+
+    def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """The combined gradient ``[P]`` from the present tasks' gradients ``[t, P]`` and losses ``[t]``."""
+        raise NotImplementedError(f"{self.method} must implement aggregate(grads, losses) or combine()")
 
     def weighted_sum(self, alpha: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        """``sum_i alpha_i grads_i`` ``[P]``; records ``alpha`` ``[T]`` for ``weights()``."""
-        self.task_weights.copy_(alpha.detach().to(self.task_weights))
-        return alpha.to(grads.dtype) @ grads
+        """``sum_i alpha_i grads_i`` ``[P]`` over the present tasks; records ``alpha`` ``[t]`` for ``weights()``."""
+        alpha = torch.as_tensor(alpha)
+        if alpha.shape[0] == len(self.tasks):
+            self.task_weights.copy_(alpha.detach().to(self.task_weights))
+        else:
+            self.task_weights.zero_()
+            self.task_weights[self.active.to(self.task_weights.device)] = alpha.detach().to(self.task_weights)
+        return alpha.to(device=grads.device, dtype=grads.dtype) @ grads
 
 
-def two_point_min_norm(aa: float, ab: float, bb: float) -> float:
-    """``gamma`` in [0, 1] minimising ``|gamma a + (1 - gamma) b|^2`` from the dot products."""
-    denominator = aa - 2 * ab + bb
-    if denominator <= 0:
-        return 0.5
-    return min(1.0, max(0.0, (bb - ab) / denominator))
+class GramianWeighting(GradientWeighting):
+    """A gradient-level method whose weights depend on the gradients only through ``G = J J^T``.
 
-
-def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of ``v`` ``[T]`` onto ``{alpha >= 0, sum alpha = 1}``."""
-    descending = torch.sort(v, descending=True).values
-    thresholds = (descending.cumsum(0) - 1) / torch.arange(1, v.numel() + 1, dtype=v.dtype)
-    last = int((descending > thresholds).nonzero().max())
-    return (v - thresholds[last]).clamp_min(0)
-
-
-def min_norm_weights(gram: torch.Tensor, iterations: int = 500, tol: float = 1e-10) -> torch.Tensor:
-    """Weights ``alpha`` ``[T]`` on the simplex minimising ``|sum_i alpha_i g_i|^2`` given ``gram`` = ``G G^T``.
-
-    Exact for two tasks; accelerated projected gradient (FISTA) on the ``T x T`` Gramian otherwise.
+    Subclasses implement :meth:`weights_from_gramian`; the combined gradient is
+    ``sum_i w_i g_i``. The Gramian is formed once (``t^2 P`` multiply-adds) and the weights
+    are solved for in float64 on the ``t x t`` matrix.
     """
-    gram = gram.detach().double().cpu()
-    count = gram.shape[0]
-    if count == 1:
-        return torch.ones(1, dtype=torch.float64)
-    if count == 2:
-        gamma = two_point_min_norm(gram[0, 0].item(), gram[0, 1].item(), gram[1, 1].item())
-        return torch.tensor([gamma, 1 - gamma], dtype=torch.float64)
-    step = 1.0 / max(float(torch.linalg.eigvalsh(gram).max()), 1e-30)
-    alpha = torch.full((count,), 1.0 / count, dtype=torch.float64)
-    lookahead, momentum = alpha, 1.0
-    for _ in range(iterations):
-        new = project_to_simplex(lookahead - step * (gram @ lookahead))
-        next_momentum = (1 + (1 + 4 * momentum**2) ** 0.5) / 2
-        lookahead = new + (momentum - 1) / next_momentum * (new - alpha)
-        converged = float((new - alpha).abs().max()) < tol
-        alpha, momentum = new, next_momentum
-        if converged:
-            break
-    return alpha
+
+    def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        weights = self.weights_from_gramian(gramian(grads), grads.dtype)
+        return self.weighted_sum(torch.from_numpy(np.asarray(weights, dtype=np.float64)), grads)
+
+    def weights_from_gramian(self, gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+        """Weights ``[t]`` from the present tasks' Gramian ``[t, t]`` (float64); ``dtype`` is the gradients'."""
+        raise NotImplementedError

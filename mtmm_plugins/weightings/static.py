@@ -39,9 +39,10 @@ class StaticWeighting(LossWeighting):
                 raise ValueError(f"static weight of task {task!r} must be finite and >= 0, got {value}")
         self.register_buffer("task_weights", torch.tensor(values))
 
-    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+    def forward(self, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         self.check_losses(losses)
-        return (self.task_weights.to(losses.dtype) * losses).sum()
+        terms = self.task_weights.to(losses.dtype) * losses
+        return terms.where(self.present_mask(losses, present), 0.0).sum()
 
     def weights(self) -> torch.Tensor:
         return self.task_weights.clone()

@@ -18,7 +18,9 @@ class UncertaintyWeighting(LossWeighting):
     ``per_type`` every task uses ``c_i = 0.5``: ``0.5 * exp(-s_i) * L_i + 0.5 * s_i``.
     ``per_type`` maps tasks to ``"regression"`` (``c = 0.5``, i.e. ``L / (2 sigma^2) + log sigma``)
     or ``"classification"`` (``c = 1``, i.e. ``L / sigma^2 + log sigma``); tasks left out
-    are regression. ``weights()`` gives the multipliers ``c_i * exp(-s_i)``.
+    are regression. ``weights()`` gives the multipliers ``c_i * exp(-s_i)``. An absent task's
+    whole term is left out, so its ``s_i`` gets no gradient (the ``0.5 s_i`` term alone
+    would drive it down on every step the task had no label).
     """
 
     def __init__(self, *, tasks: list[str], per_type: dict[str, str] | None = None, init: float = 0.0):
@@ -39,10 +41,11 @@ class UncertaintyWeighting(LossWeighting):
         self.register_buffer("loss_scales", torch.tensor(scales))
         self.log_variances = nn.Parameter(torch.full((len(self.tasks),), float(init)))
 
-    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+    def forward(self, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         self.check_losses(losses)
         s = self.log_variances.to(losses.dtype)
-        return (self.loss_scales.to(losses.dtype) * torch.exp(-s) * losses + 0.5 * s).sum()
+        terms = self.loss_scales.to(losses.dtype) * torch.exp(-s) * losses + 0.5 * s
+        return terms.where(self.present_mask(losses, present), 0.0).sum()
 
     def weights(self) -> torch.Tensor:
         return (self.loss_scales * torch.exp(-self.log_variances)).detach()

@@ -1,0 +1,162 @@
+"""Exact solvers on the tiny ``T x T`` Gramian ``G = J J^T`` of the task gradients ``J [T, P]``.
+
+The gradient-level methods reduce to small problems in ``T`` unknowns. Solved here exactly
+(an active-set method finishes in a finite number of steps; Newton converges
+quadratically), in float64 with NumPy whatever the gradients' dtype, so the answer does not
+depend on how differently the tasks' gradients are scaled.
+
+- :func:`nonnegative_qp`: ``min 1/2 x^T Q x + c^T x`` over ``x >= 0`` (optionally also
+  ``sum x = 1``): MGDA, UPGrad, DualProj, and CAGrad's inner problem.
+- :func:`min_norm_weights`: MGDA's min-norm point of the convex hull.
+- :func:`power_balance_weights`: ``G w = w^(-p)`` with ``w > 0``: Nash-MTL (``p = 1``) and
+  FairGrad (``p = 1 / alpha``).
+- :func:`gramian` and :func:`rank_tolerance`: the Gramian in float64, and the eigenvalue
+  cut-off below which a direction is numerical noise of the gradients' dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def gramian(grads: torch.Tensor) -> np.ndarray:
+    """``G = J J^T`` ``[T, T]`` as a float64 NumPy array, from task gradients ``J`` ``[T, P]``.
+
+    The product is taken in the gradients' dtype when it is float32 (as TorchJD does; a
+    float64 copy of ``J`` would double the memory traffic) and accumulated in float64
+    otherwise; :func:`rank_tolerance` accounts for the input's precision.
+    """
+    if grads.dtype in (torch.float16, torch.bfloat16):
+        grads = grads.float()
+    product = grads @ grads.T
+    gram = product.detach().double().cpu().numpy()
+    return (gram + gram.T) / 2
+
+
+def rank_tolerance(eigenvalues: np.ndarray, dtype: torch.dtype, size: int) -> float:
+    """Eigenvalues of a Gramian at or below this are noise: ``max |lambda| * size * eps(dtype)``.
+
+    A Gramian computed from float32 gradients carries relative errors of order float32's
+    epsilon, so a cut-off at float64's would count that noise as a direction.
+    """
+    return float(np.abs(eigenvalues).max(initial=0.0)) * max(size, 1) * float(torch.finfo(dtype).eps)
+
+
+def nonnegative_qp(quadratic: np.ndarray, linear: np.ndarray, *, simplex: bool = False,
+                   tol: float = 1e-12, max_iterations: int | None = None) -> np.ndarray:
+    """``x`` ``[n]`` minimising ``1/2 x^T Q x + c^T x`` subject to ``x >= 0`` (and ``sum x = 1`` if ``simplex``).
+
+    ``Q`` ``[n, n]`` symmetric positive semi-definite, ``c`` ``[n]``. A primal active-set
+    method (Lawson and Hanson's for non-negative least squares, with the simplex's equality
+    row added to the face problems): exact up to rounding, at most a few ``n`` face solves.
+    ``Q`` is scaled to a unit diagonal maximum and given a ridge of ``n * eps`` so every face
+    problem has one solution (the objective changes by less than rounding).
+    Without ``simplex`` the problem must be bounded below (``c`` in the range of ``Q``, or
+    ``Q`` definite), as it is for every caller here.
+    """
+    q = np.array(quadratic, dtype=np.float64)
+    c = np.array(linear, dtype=np.float64)
+    n = c.shape[0]
+    if q.shape != (n, n):
+        raise ValueError(f"nonnegative_qp: Q must be [{n}, {n}], got {list(q.shape)}")
+    scale = max(float(np.abs(np.diag(q)).max(initial=0.0)), np.finfo(np.float64).tiny)
+    q, c = (q + q.T) / (2 * scale), c / scale
+    q[np.diag_indices(n)] += n * EPS64
+    threshold = tol * (1.0 + float(np.abs(c).max(initial=0.0)))
+    limit = max_iterations or 10 * n + 50
+
+    free = np.zeros(n, dtype=bool)
+    x = np.zeros(n)
+    if simplex:
+        start = int(np.argmin(0.5 * np.diag(q) + c))
+        free[start], x[start] = True, 1.0
+
+    def face_minimiser(face: np.ndarray) -> np.ndarray:
+        index = np.flatnonzero(face)
+        z = np.zeros(n)
+        if simplex:
+            k = index.size
+            kkt = np.zeros((k + 1, k + 1))
+            kkt[:k, :k] = q[np.ix_(index, index)]
+            kkt[:k, k] = kkt[k, :k] = 1.0
+            rhs = np.concatenate([-c[index], [1.0]])
+            z[index] = np.linalg.solve(kkt, rhs)[:k]
+        elif index.size:
+            z[index] = np.linalg.solve(q[np.ix_(index, index)], -c[index])
+        return z
+
+    for _ in range(limit):
+        gradient = q @ x + c
+        if simplex:
+            gradient = gradient - gradient[free].mean()  # minus the equality row's multiplier
+        candidates = np.where(free, np.inf, gradient)
+        entering = int(np.argmin(candidates))
+        if not candidates[entering] < -threshold:
+            return x  # every constraint's multiplier is >= 0: optimal
+        free[entering] = True
+        for _ in range(limit):
+            z = face_minimiser(free)
+            if (z[free] > 0).all():
+                x = z
+                break
+            if z[entering] <= 0 and x[entering] == 0:  # rounding: the entering index cannot move
+                free[entering] = False
+                return x
+            blocking = free & (z <= 0)
+            steps = x[blocking] / (x[blocking] - z[blocking])
+            x = x + steps.min() * (z - x)
+            free &= x > n * EPS64
+            x[~free] = 0.0
+            if simplex:
+                x /= x.sum()
+    return x
+
+
+def min_norm_weights(gram: np.ndarray) -> np.ndarray:
+    """MGDA: ``alpha`` ``[T]`` on the simplex minimising ``|sum_i alpha_i g_i|^2 = alpha^T G alpha``."""
+    gram = np.asarray(gram, dtype=np.float64)
+    return nonnegative_qp(gram, np.zeros(gram.shape[0]), simplex=True)
+
+
+def power_balance_weights(gram: np.ndarray, power: float, *, tol: float = 1e-12,
+                          max_iterations: int = 100) -> np.ndarray:
+    """``w > 0`` ``[T]`` with ``G w = w^(-power)`` elementwise (``power > 0``), by Newton's method.
+
+    It is the minimiser of the strictly convex ``1/2 w^T G w - sum_i phi(w_i)`` with
+    ``phi' (w) = w^(-power)`` (``phi = log`` for ``power = 1``). ``G`` is first scaled to a
+    unit diagonal maximum ``s`` (the answer for ``s G`` is ``s^(-1 / (1 + power))`` times the
+    one for ``G``). Each Newton step is damped to keep ``w`` positive and to decrease the
+    objective. When ``G`` is singular in a way that lets the objective fall for ever (two
+    exactly opposed gradients), the iteration stops at ``max_iterations`` with large ``w``.
+    """
+    if power <= 0:
+        raise ValueError(f"power must be > 0, got {power}")
+    g = np.asarray(gram, dtype=np.float64)
+    scale = max(float(np.abs(np.diag(g)).max(initial=0.0)), np.finfo(np.float64).tiny)
+    g = (g + g.T) / (2 * scale)
+
+    def barrier(w: np.ndarray) -> np.ndarray:
+        return np.log(w) if power == 1 else w ** (1 - power) / (1 - power)
+
+    def objective(w: np.ndarray) -> float:
+        return 0.5 * float(w @ g @ w) - float(barrier(w).sum())
+
+    w = 1.0 / np.sqrt(np.maximum(np.diag(g), 1e-12))
+    w = w * (1.0 / max(float(w @ g @ w), 1e-300)) ** (1 / (1 + power))  # the best multiple of the start
+    for _ in range(max_iterations):
+        gradient = g @ w - w ** (-power)
+        hessian = g + np.diag(power * w ** (-power - 1))
+        step = np.linalg.solve(hessian, -gradient)
+        decrement = float(-gradient @ step)
+        if decrement <= tol:
+            break
+        shrinking = step < 0
+        t = min(1.0, 0.99 * float((-w[shrinking] / step[shrinking]).min())) if shrinking.any() else 1.0
+        current = objective(w)
+        while t > 1e-12 and objective(w + t * step) > current - 0.25 * t * decrement:
+            t /= 2
+        w = w + t * step
+    return w * scale ** (-1 / (1 + power))
