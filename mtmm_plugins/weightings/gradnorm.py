@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from mtmm_plugins.weightings.base import masked_softmax
 from mtmm_plugins.weightings.gradient_base import GradientWeighting
 
 
@@ -10,40 +11,50 @@ class GradNormWeighting(GradientWeighting):
     """Learned weights ``w = T softmax(s)`` trained so each task's gradient norm tracks its training rate.
 
     ``G_i = w_i |g_i|`` (``g_i`` the task gradient on the shared representation or
-    parameters); ``r_i = (L_i / L_i(0)) / mean_j (L_j / L_j(0))`` with ``L(0)`` the first
-    losses seen; auxiliary loss ``sum_i |G_i - stopgrad(mean(G) r_i^alpha)|``. ``combine``
+    parameters); ``r_i = (L_i / L_i(0)) / mean_j (L_j / L_j(0))``; auxiliary loss
+    ``sum_i |G_i - stopgrad(mean(G) r_i^alpha)|`` (Chen et al. 2018, eq. 1-2). ``combine``
     writes the auxiliary loss's gradient into ``s.grad`` (the model's optimizer steps it,
     as for any parameter of the weighting) and returns ``sum_i w_i g_i``.
+
+    ``L_i(0)`` is task ``i``'s first loss *in a batch where it is present* (the paper takes
+    the loss at step 0; LibMTL the first epoch's mean). Over the tasks ``S`` present in a
+    batch: ``w = |S| softmax_S(s)``, and the means and the auxiliary loss run over ``S``, so
+    an absent task's ``s_i`` gets no gradient.
     """
 
     def __init__(self, *, tasks: list[str], gradient_mode: str = "representation", alpha: float = 1.5):
         super().__init__(tasks, gradient_mode)
+        if not alpha >= 0:
+            raise ValueError(f"gradnorm alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
         self.weight_logits = nn.Parameter(torch.zeros(len(self.tasks)))
         self.register_buffer("initial_losses", torch.zeros(len(self.tasks)))
-        self.register_buffer("has_initial_losses", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("has_initial_loss", torch.zeros(len(self.tasks), dtype=torch.bool))
 
-    def current_weights(self) -> torch.Tensor:
-        """``w = T softmax(s)`` ``[T]``, differentiable in ``s``."""
-        return len(self.tasks) * torch.softmax(self.weight_logits, dim=0)
+    def current_weights(self, present: torch.Tensor | None = None) -> torch.Tensor:
+        """``w = t softmax_S(s)`` ``[T]`` over the present tasks ``S`` (all when None), differentiable in ``s``."""
+        mask = self.present_mask(self.weight_logits, present)
+        return mask.sum() * masked_softmax(self.weight_logits, mask)
 
-    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+    def forward(self, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         self.check_losses(losses)
-        return (self.current_weights().detach().to(losses.dtype) * losses).sum()
+        mask = self.present_mask(losses, present)
+        weights = self.current_weights(mask.to(self.weight_logits.device)).detach().to(losses)
+        return (weights * losses).where(mask, 0.0).sum()
 
     def weights(self) -> torch.Tensor:
         return self.current_weights().detach()
 
-    def combine(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        self.check_grads(grads, losses)
-        losses = losses.detach().float()
-        if not bool(self.has_initial_losses):
-            self.initial_losses.copy_(losses.clamp_min(1e-12))
-            self.has_initial_losses.fill_(True)
+    def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        active = self.active.to(self.weight_logits.device)
+        losses = losses.detach().float().to(self.weight_logits.device)
+        first = ~self.has_initial_loss[active]
+        self.initial_losses[active] = torch.where(first, losses.clamp_min(1e-12), self.initial_losses[active])
+        self.has_initial_loss[active] = True
         with torch.enable_grad():
-            w = self.current_weights()
+            w = len(active) * torch.softmax(self.weight_logits[active], dim=0)  # [t]
             norms = w * grads.detach().float().norm(dim=1).to(w.device)
-            ratios = losses / self.initial_losses
+            ratios = losses / self.initial_losses[active]
             rates = ratios / ratios.mean().clamp_min(1e-12)
             target = (norms.mean() * rates**self.alpha).detach()
             auxiliary = (norms - target).abs().sum()

@@ -1,28 +1,54 @@
 """IMTL-G: impartial gradient weighting (Liu et al., ICLR 2021)."""
 
+import numpy as np
 import torch
 
-from mtmm_plugins.weightings.gradient_base import GradientWeighting
+from mtmm_plugins.weightings.gradient_base import GramianWeighting
+from mtmm_plugins.weightings.solvers import gramian_rank, nonzero_gradients
 
 
-class ImpartialGradientWeighting(GradientWeighting):
+def impartial_weights(gram: np.ndarray, dtype: torch.dtype = torch.float64) -> np.ndarray:
+    """IMTL-G's ``alpha`` ``[t]`` (summing to 1) from the Gramian ``G`` ``[t, t]`` (float64).
+
+    The combined ``g = sum_i alpha_i g_i`` projects equally onto every unit gradient
+    ``u_i = g_i / |g_i|``: ``g . u_i = c`` for all ``i``. With ``D = diag |g_i|`` and the
+    normalised Gramian ``C = D^-1 G D^-1`` (``C = U U^T``) that is ``C D alpha = c 1``, so
+    ``alpha = D^-1 C^+ 1 / (1^T D^-1 C^+ 1)``; the paper's form ``alpha_{2:T} = g_1 U^T (D U^T)^{-1}``
+    (eq. 7) is the same system. ``C^+`` keeps the :func:`gramian_rank` largest eigenvalues
+    (rounding at ``dtype``'s precision is not a direction). A task whose gradient is zero
+    takes no part and gets 0; all zero gives all 0.
+    """
+    count = gram.shape[0]
+    nonzero = nonzero_gradients(gram)
+    alpha = np.zeros(count)
+    rank = gramian_rank(gram, dtype)
+    if rank == 0:
+        return alpha
+    norms = np.sqrt(np.diag(gram)[nonzero])
+    normalised = gram[np.ix_(nonzero, nonzero)] / np.outer(norms, norms)
+    eigenvalues, vectors = np.linalg.eigh(normalised)  # ascending: the last `rank` are kept
+    kept, basis = eigenvalues[-rank:], vectors[:, -rank:]
+    scaled = (basis @ ((basis.T @ np.ones(len(norms))) / kept)) / norms  # D^-1 C^+ 1
+    total = scaled.sum()
+    if not np.isfinite(total) or total == 0:
+        alpha[nonzero] = 1.0 / nonzero.sum()
+    else:
+        alpha[nonzero] = scaled / total
+    return alpha
+
+
+class ImpartialGradientWeighting(GramianWeighting):
     """Weights ``alpha`` (summing to 1) so the combined gradient projects equally onto every task's direction.
 
     With unit directions ``u_i = g_i / |g_i|``: ``g = sum_i alpha_i g_i`` satisfies
-    ``g . u_1 = g . u_i`` for all ``i``. Solved as ``alpha_{2:T} = g_1 U^T (D U^T)^+`` with rows
-    ``D_i = g_1 - g_i`` and ``U_i = u_1 - u_i``, ``alpha_1 = 1 - sum alpha_{2:T}``.
+    ``g . u_1 = g . u_i`` for all ``i`` (Liu et al. 2021, eq. 5-7). Solved on the Gramian in
+    float64 (:func:`impartial_weights`). A task with a zero gradient (e.g. a task whose
+    loss does not reach the shared features in this batch) is left out instead of zeroing
+    the whole update.
     """
 
     def __init__(self, *, tasks: list[str], gradient_mode: str = "representation"):
         super().__init__(tasks, gradient_mode)
 
-    def combine(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        self.check_grads(grads, losses)
-        if grads.shape[0] == 1:
-            return self.weighted_sum(torch.ones(1, device=grads.device), grads)
-        g = grads.double()
-        units = g / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        differences, unit_differences = g[:1] - g[1:], units[:1] - units[1:]  # [T-1, P] each
-        rest = (g[0] @ unit_differences.T) @ torch.linalg.pinv(differences @ unit_differences.T)
-        alpha = torch.cat([1 - rest.sum(0, keepdim=True), rest])
-        return self.weighted_sum(alpha.float(), grads)
+    def weights_from_gramian(self, gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+        return impartial_weights(gram, dtype)

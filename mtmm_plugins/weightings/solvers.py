@@ -10,8 +10,8 @@ depend on how differently the tasks' gradients are scaled.
 - :func:`min_norm_weights`: MGDA's min-norm point of the convex hull.
 - :func:`power_balance_weights`: ``G w = w^(-p)`` with ``w > 0``: Nash-MTL (``p = 1``) and
   FairGrad (``p = 1 / alpha``).
-- :func:`gramian` and :func:`rank_tolerance`: the Gramian in float64, and the eigenvalue
-  cut-off below which a direction is numerical noise of the gradients' dtype.
+- :func:`gramian`, :func:`nonzero_gradients` and :func:`gramian_rank`: the Gramian as a
+  float64 array, and how many independent directions it holds at the gradients' precision.
 """
 
 from __future__ import annotations
@@ -43,6 +43,29 @@ def rank_tolerance(eigenvalues: np.ndarray, dtype: torch.dtype, size: int) -> fl
     epsilon, so a cut-off at float64's would count that noise as a direction.
     """
     return float(np.abs(eigenvalues).max(initial=0.0)) * max(size, 1) * float(torch.finfo(dtype).eps)
+
+
+def nonzero_gradients(gram: np.ndarray) -> np.ndarray:
+    """Bool ``[t]``: the tasks whose gradient is not zero (``|g_i| > 1e-20 max_j |g_j|``)."""
+    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+    return norms > 1e-20 * norms.max(initial=0.0) if norms.max(initial=0.0) > 0 else np.zeros(len(norms), bool)
+
+
+def gramian_rank(gram: np.ndarray, dtype: torch.dtype) -> int:
+    """The number of independent gradients among the non-zero ones, judged at ``dtype``'s precision.
+
+    The rank is read off the *normalised* Gramian ``D^-1 G D^-1`` (``D = diag |g_i|``), whose
+    rounding errors are of order ``eps(dtype)`` in every entry whatever the norms: the
+    eigenvalues of ``G`` itself mix the tasks' scales, so a cut-off relative to its largest
+    one would drop a genuine direction of a gradient 1e4 times smaller than another.
+    """
+    nonzero = nonzero_gradients(gram)
+    if not nonzero.any():
+        return 0
+    norms = np.sqrt(np.diag(gram)[nonzero])
+    normalised = gram[np.ix_(nonzero, nonzero)] / np.outer(norms, norms)
+    eigenvalues = np.linalg.eigvalsh(normalised)
+    return int((eigenvalues > rank_tolerance(eigenvalues, dtype, len(norms))).sum())
 
 
 def nonnegative_qp(quadratic: np.ndarray, linear: np.ndarray, *, simplex: bool = False,
