@@ -35,6 +35,8 @@ class AlignedMultitask(GramianWeighting):
     taken for a direction, and a small but genuine direction is not dropped.
     """
 
+    method = "aligned_mtl"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], gradient_mode: str = "representation"):
         super().__init__(tasks, gradient_mode)
 

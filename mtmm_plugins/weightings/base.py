@@ -30,10 +30,13 @@ class LossWeighting(nn.Module):
             raise ValueError(f"task names must be distinct; repeated: {', '.join(repeated)}")
         self.tasks = list(tasks)
 
-    @property
-    def method(self) -> str:
-        """A name for messages: the class name."""
-        return type(self).__name__
+    #: The name messages use: the built-ins set their registered name, other subclasses get their class name.
+    method: str = "weighting"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "method" not in cls.__dict__:
+            cls.method = cls.__name__
 
     def check_losses(self, losses: torch.Tensor) -> None:
         """Raise ValueError unless ``losses`` is ``[T]``, one loss per task in task order."""

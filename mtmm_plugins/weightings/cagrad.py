@@ -67,6 +67,8 @@ class ConflictAverseGradient(GramianWeighting):
     (:func:`conflict_averse_simplex_weights`), whatever the ratio of the gradients' norms.
     """
 
+    method = "cagrad"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], gradient_mode: str = "representation", c: float = 0.4):
         super().__init__(tasks, gradient_mode)
         if not 0 <= c < 1:

@@ -16,6 +16,8 @@ class DynamicWeightAverage(LossWeighting):
     in checkpoints).
     """
 
+    method = "dwa"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], temperature: float = 2.0):
         super().__init__(tasks)
         if not temperature > 0:

@@ -12,6 +12,8 @@ class EqualWeighting(LossWeighting):
     the batch (``present`` False) adds nothing.
     """
 
+    method = "equal"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str]):
         super().__init__(tasks)
         self.register_buffer("task_weights", torch.ones(len(self.tasks)), persistent=False)

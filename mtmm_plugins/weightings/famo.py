@@ -21,6 +21,8 @@ class FastAdaptiveWeighting(LossWeighting):
     absent task's logit, moments and step count stay as they were.
     """
 
+    method = "famo"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], lr: float = 0.025, weight_decay: float = 1e-3,
                  min_losses: list[float] | None = None, eps: float = 1e-8, betas: tuple[float, float] = (0.9, 0.999)):
         super().__init__(tasks)

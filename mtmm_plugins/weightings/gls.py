@@ -14,6 +14,8 @@ class GeometricLossWeighting(LossWeighting):
     call for ``weights()`` (0 for an absent task).
     """
 
+    method = "gls"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], eps: float = 1e-8):
         super().__init__(tasks)
         self.eps = float(eps)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mtmm_core.errors import NonFiniteError
 from mtmm_plugins.weightings.base import LossWeighting
 from mtmm_plugins.weightings.solvers import gramian
 
@@ -23,7 +24,8 @@ class GradientWeighting(LossWeighting):
 
     ``combine`` checks the shapes, drops the absent tasks (``present`` False), refuses a
     NaN or infinite loss or gradient of a present task (naming it) before any state
-    changes, and hands the rest to :meth:`aggregate`, which subclasses implement on the
+    changes (a :class:`GramianWeighting` reads that off the Gramian's diagonal, at no
+    extra pass over the gradients), and hands the rest to :meth:`aggregate`, which subclasses implement on the
     ``t`` present tasks only. ``self.active`` ``[t]`` holds the present tasks' indices
     during the call.
 
@@ -65,7 +67,8 @@ class GradientWeighting(LossWeighting):
         self.check_grads(grads, losses)
         mask = self.present_mask(losses, present)
         self.check_finite(losses.detach(), "loss", mask)
-        self.check_finite(grads, "gradient", mask)
+        if not isinstance(self, GramianWeighting):  # those read it off the Gramian's diagonal for free
+            self.check_finite(grads, "gradient", mask)
         self.active = mask.cpu().nonzero().squeeze(1)
         self.task_weights.zero_()
         if self.active.numel() == 0:
@@ -98,7 +101,12 @@ class GramianWeighting(GradientWeighting):
     """
 
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        weights = self.weights_from_gramian(gramian(grads), grads.dtype)
+        gram = gramian(grads)
+        bad = [self.tasks[int(i)] for i in self.active[~np.isfinite(np.diag(gram))]]
+        if bad:  # a NaN or inf anywhere in g_i makes G_ii NaN or inf
+            raise NonFiniteError(f"{self.method}: the gradient of task {', '.join(map(repr, bad))} is NaN or "
+                                 "infinite (or its square overflows); nothing was updated")
+        weights = self.weights_from_gramian(gram, grads.dtype)
         return self.weighted_sum(torch.from_numpy(np.asarray(weights, dtype=np.float64)), grads)
 
     def weights_from_gramian(self, gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:

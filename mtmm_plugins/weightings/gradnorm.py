@@ -22,6 +22,8 @@ class GradNormWeighting(GradientWeighting):
     an absent task's ``s_i`` gets no gradient.
     """
 
+    method = "gradnorm"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], gradient_mode: str = "representation", alpha: float = 1.5):
         super().__init__(tasks, gradient_mode)
         if not alpha >= 0:

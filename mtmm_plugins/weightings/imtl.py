@@ -47,6 +47,8 @@ class ImpartialGradientWeighting(GramianWeighting):
     the whole update.
     """
 
+    method = "imtl_g"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], gradient_mode: str = "representation"):
         super().__init__(tasks, gradient_mode)
 

@@ -18,6 +18,8 @@ class MultipleGradientDescent(GramianWeighting):
     ``alpha`` ``[T]`` sums to 1 (``weights()``).
     """
 
+    method = "mgda"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], gradient_mode: str = "representation"):
         super().__init__(tasks, gradient_mode)
 

@@ -18,6 +18,8 @@ class ProjectingConflictingGradients(GramianWeighting):
     generator (one ``randperm`` per task), so a seeded run repeats.
     """
 
+    method = "pcgrad"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], gradient_mode: str = "representation"):
         super().__init__(tasks, gradient_mode)
 

@@ -23,6 +23,8 @@ class RandomLossWeighting(LossWeighting):
     comparable between steps. ``weights()`` gives the last draw.
     """
 
+    method = "rlw"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], distribution: str = "normal", concentration: float = 1.0):
         super().__init__(tasks)
         if distribution not in DISTRIBUTIONS:

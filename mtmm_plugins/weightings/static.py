@@ -15,6 +15,8 @@ class StaticWeighting(LossWeighting):
     finite and >= 0.
     """
 
+    method = "static"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], weights: dict[str, float] | list[float]):
         super().__init__(tasks)
         if isinstance(weights, dict):

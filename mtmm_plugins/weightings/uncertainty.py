@@ -23,6 +23,8 @@ class UncertaintyWeighting(LossWeighting):
     would drive it down on every step the task had no label).
     """
 
+    method = "uncertainty"  # the registered name, for messages
+
     def __init__(self, *, tasks: list[str], per_type: dict[str, str] | None = None, init: float = 0.0):
         super().__init__(tasks)
         per_type = per_type or {}
