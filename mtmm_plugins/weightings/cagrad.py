@@ -21,8 +21,8 @@ def conflict_averse_simplex_weights(gram: np.ndarray, c: float, tol: float = 1e-
     count = gram.shape[0]
     linear = gram.sum(axis=1) / count
     k = c * math.sqrt(max(float(gram.sum()), 0.0)) / count
-    if k <= 0:
-        return nonnegative_qp(np.zeros_like(gram), linear, simplex=True)
+    if k <= 0:  # c = 0 or g0 = 0: F is linear, minimised at a vertex
+        return np.eye(count)[int(np.argmin(linear))]
 
     def inner(log_lam: float) -> tuple[np.ndarray, float]:
         w = nonnegative_qp(gram * (k / math.exp(log_lam)), linear, simplex=True)
