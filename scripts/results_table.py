@@ -1,10 +1,16 @@
 """Train every shipped config on avdigits and write the README's results table.
 
     python scripts/results_table.py [--configs default gated ...] [--out-dir runs/results]
+    python scripts/results_table.py --weightings [pcgrad mgda ...] [--epochs 10]
 
 Writes ``benchmarks/results/avdigits_configs.json`` (runs of configs not named this time are
 kept) and replaces the table between the ``<!-- results:start -->`` and
 ``<!-- results:end -->`` markers in README.md.
+
+``--weightings`` trains the default config once per weighting (``model.weighting.name=X``,
+every built-in one when no name is given) for ``--epochs`` epochs, and writes
+``benchmarks/results/avdigits_weightings.json`` and the table between
+``<!-- weightings:start -->`` and ``<!-- weightings:end -->`` in docs/weightings.md.
 """
 
 from __future__ import annotations
@@ -32,7 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="*", default=sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
     parser.add_argument("--out-dir", default=str(ROOT / "runs" / "results"))
+    parser.add_argument("--weightings", nargs="*", default=None, help="one run of the default per weighting")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per weighting run (with --weightings)")
     args = parser.parse_args()
+    if args.weightings is not None:
+        weightings_table(args.weightings, args.epochs, Path(args.out_dir))
+        return
     rows = []
     for name in args.configs:
         run_dir = Path(args.out_dir) / name
@@ -63,6 +74,51 @@ def main() -> None:
     if start in text and end in text:
         head, rest = text.split(start, 1)
         readme.write_text(head + start + table + end + rest.split(end, 1)[1])
+    print(table)
+
+
+#: Parameters a weighting needs beyond its name in the default's four tasks.
+WEIGHTING_PARAMS = {"static": ["model.weighting.weights=[1.0, 1.0, 1.0, 1.0]"]}
+
+
+def weightings_table(names: list[str], epochs: int, out_dir: Path) -> None:
+    """Train the default once per weighting; write the JSON and the table in docs/weightings.md."""
+    from mtmm_plugins.weightings import BUILTIN_WEIGHTINGS
+
+    out = ROOT / "benchmarks" / "results" / "avdigits_weightings.json"
+    earlier = json.loads(out.read_text())["runs"] if out.is_file() else []
+    rows = []
+    for name in names or list(BUILTIN_WEIGHTINGS):
+        run_dir = out_dir / f"weighting-{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        overrides = ["train.progress=false", f"train.epochs={epochs}", f"model.weighting.name={name}",
+                     *WEIGHTING_PARAMS.get(name, [])]
+        started = time.time()
+        with contextlib.redirect_stderr(io.StringIO()):
+            metrics = Trainer(load_config("default", overrides), run_dir).run()
+        seconds = time.time() - started
+        rows.append({"weighting": name, "epochs": epochs, "seconds": round(seconds, 1), "metrics": metrics})
+        print(name, f"{seconds:.0f} s", {key: round(metrics[key], 4) for key, _ in COLUMNS}, flush=True)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    rerun = {row["weighting"] for row in rows}
+    order = list(BUILTIN_WEIGHTINGS)
+    rows = sorted([row for row in earlier if row["weighting"] not in rerun] + rows,
+                  key=lambda row: order.index(row["weighting"]) if row["weighting"] in order else len(order))
+    out.write_text(json.dumps({"machine": machine, "runs": rows}, indent=2))
+    lines = ["| weighting | " + " | ".join(label for _, label in COLUMNS) + " | epochs | train time |",
+             "|---|" + "---|" * (len(COLUMNS) + 2)]
+    for row in rows:
+        cells = [f"{row['metrics'][key]:.3f}" for key, _ in COLUMNS]
+        lines.append(f"| `{row['weighting']}` | " + " | ".join(cells) + f" | {row['epochs']} | {row['seconds']:.0f} s |")
+    table = ("\n".join(lines) + f"\n\nThe default config with `model.weighting.name=X`, {epochs} epochs (the "
+             f"default trains 50), test split, seed 0, on {machine}; "
+             f"`python scripts/results_table.py --weightings --epochs {epochs}`.\n")
+    docs = ROOT / "docs" / "weightings.md"
+    text = docs.read_text()
+    start, end = "<!-- weightings:start -->\n", "<!-- weightings:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        docs.write_text(head + start + table + end + rest.split(end, 1)[1])
     print(table)
 
 

@@ -13,7 +13,9 @@ from mtmm_core.checkpoint import load_checkpoint
 from mtmm_core.cli import main as cli_main
 from mtmm_core.config import load_config
 from mtmm_core.trainer import NonFiniteLossError, Trainer
+from mtmm_plugins.weightings import BUILTIN_WEIGHTINGS
 from small_data import FewRows, small_config
+
 
 def test_a_short_run_learns_well_above_chance_and_writes_its_run_folder(small_data, tmp_path):
     metrics = Trainer(small_config("train.epochs=5", "data.train_rows=2100", "train.lr=0.003"), tmp_path / "run").run()
@@ -100,9 +102,12 @@ def test_invalid_configs_name_the_key():
         load_config(None, ["modle.dim=3"])
 
 
-def test_gradient_level_weighting_trains_through_the_trainer(small_data, tmp_path):
-    metrics = Trainer(small_config("train.epochs=1", "data.train_rows=128", "model.weighting.name=pcgrad"),
-                      tmp_path / "run").run()
+@pytest.mark.parametrize("weighting", sorted(BUILTIN_WEIGHTINGS))
+def test_every_weighting_trains_through_the_trainer(small_data, tmp_path, weighting):
+    overrides = ["train.epochs=1", "data.train_rows=128", f"model.weighting.name={weighting}"]
+    if weighting == "static":
+        overrides.append("model.weighting.weights=[1.0, 1.0, 1.0, 0.5]")
+    metrics = Trainer(small_config(*overrides), tmp_path / "run").run()
     assert all(np.isfinite(v) for k, v in metrics.items() if not k.endswith("auroc"))
     assert torch.isfinite(load_checkpoint(tmp_path / "run" / "best.pt")["model"]["fusion.output.1.weight"]).all()
 
