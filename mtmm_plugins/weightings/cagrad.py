@@ -9,14 +9,61 @@ from mtmm_plugins.weightings.gradient_base import GramianWeighting
 from mtmm_plugins.weightings.solvers import nonnegative_qp
 
 
+def _solution_on_support(gram: np.ndarray, linear: np.ndarray, k: float, support: np.ndarray,
+                         tol: float = 1e-9) -> np.ndarray | None:
+    """The exact minimiser if its support is ``support``, else None.
+
+    On a fixed support ``S`` the stationarity conditions ``b + (k / lam) G w = nu 1``,
+    ``1^T w = 1`` give ``w = p + mu d`` (``mu = lam / k``) with ``p``, ``d`` from two solves of
+    the ``S`` block's KKT matrix, and the outer condition ``lam^2 = w^T G w`` is a quadratic in
+    ``mu``. The candidate is returned when it is non-negative and no task outside ``S`` has a
+    negative multiplier.
+    """
+    index = np.flatnonzero(support)
+    size = index.size
+    scale = float(np.abs(np.diag(gram)).max())
+    block = gram[np.ix_(index, index)] / scale + size * np.finfo(np.float64).eps * np.eye(size)
+    kkt = np.zeros((size + 1, size + 1))
+    kkt[:size, :size] = block
+    kkt[:size, size] = kkt[size, :size] = 1.0
+    try:
+        p = np.linalg.solve(kkt, np.r_[np.zeros(size), 1.0])[:size]
+        d = np.linalg.solve(kkt, np.r_[-linear[index] / scale, 0.0])[:size]
+    except np.linalg.LinAlgError:
+        return None
+    pp, pd, dd = p @ block @ p, p @ block @ d, d @ block @ d
+    # lam = k mu and lam^2 = w^T G w = scale (p + mu d)^T block (p + mu d): a quadratic in mu
+    a, b, c = k * k - scale * dd, -2 * scale * pd, -scale * pp
+    if abs(a) < 1e-300:
+        return None
+    disc = b * b - 4 * a * c
+    if disc < 0:
+        return None
+    roots = [(-b + sign * np.sqrt(disc)) / (2 * a) for sign in (1, -1)]
+    for mu in sorted(r for r in roots if r > 0):
+        w = np.zeros(gram.shape[0])
+        w[index] = p + mu * d
+        if w.min() < -tol:
+            continue
+        w = np.clip(w, 0, None)
+        w /= w.sum()
+        gradient = linear + gram @ w / mu
+        reduced = gradient - gradient[index].mean()
+        if (reduced[~support] >= -tol * (1 + np.abs(gradient).max())).all():
+            return w
+    return None
+
+
 def conflict_averse_simplex_weights(gram: np.ndarray, c: float, tol: float = 1e-13) -> np.ndarray:
     """``w`` ``[T]`` on the simplex minimising ``F(w) = w^T G 1 / T + c |g0| sqrt(w^T G w)`` (float64).
 
     ``G`` = ``gram`` ``[T, T]``, ``|g0| = sqrt(1^T G 1) / T``. Solved exactly: with
     ``sqrt(q) = min_{lam > 0} q / (2 lam) + lam / 2``, for a fixed ``lam`` the problem in ``w``
     is a quadratic program on the simplex (:func:`nonnegative_qp`, exact), and the outer
-    minimum over ``lam`` is where ``lam^2 = w(lam)^T G w(lam)``; that root of a monotone
-    function is bracketed and found by the Illinois method in ``log lam`` to ``tol``.
+    minimum over ``lam`` is where ``lam^2 = w(lam)^T G w(lam)``. That root of a monotone
+    function is bracketed and narrowed by the Illinois method in ``log lam``; at each step
+    the support found is tried for the closed-form solution on it, which ends the search
+    as soon as the support is the optimal one (usually at once).
     """
     count = gram.shape[0]
     linear = gram.sum(axis=1) / count
@@ -29,18 +76,26 @@ def conflict_averse_simplex_weights(gram: np.ndarray, c: float, tol: float = 1e-
         return w, 1.0 - float(w @ gram @ w) / math.exp(2 * log_lam)  # sign of dF/dlam: increasing in lam
 
     top = math.log(math.sqrt(max(float(np.diag(gram).max()), np.finfo(np.float64).tiny)))
-    high, (w_high, f_high) = top + 1e-3, inner(top + 1e-3)
-    # lam down to e^-14 |g_max| (lam^2 ~ 7e-13 max G_ii): below that w^T G w is rounding noise
-    low = top - 14.0
+    high, low = top + 1e-3, top - 14.0  # below e^-14 |g_max|, w^T G w is rounding noise
+    w_high, f_high = inner(high)
+    exact = _solution_on_support(gram, linear, k, w_high > 0)
+    if exact is not None:
+        return exact
     w_low, f_low = inner(low)
     if f_low >= 0:
         return w_low
     if f_high <= 0:
         return w_high
-    w, side = w_high, 0
+    w, side, tried = w_high, 0, set()
     for _ in range(200):
         middle = (low * f_high - high * f_low) / (f_high - f_low)
         w, f_middle = inner(middle)
+        support = w > 0
+        if support.tobytes() not in tried:
+            tried.add(support.tobytes())
+            exact = _solution_on_support(gram, linear, k, support)
+            if exact is not None:
+                return exact
         if f_middle == 0 or high - low <= tol * max(1.0, abs(high)):
             break
         if f_middle < 0:

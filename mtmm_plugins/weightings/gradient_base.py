@@ -38,6 +38,9 @@ class GradientWeighting(LossWeighting):
     """
 
     gradient_level = True
+    #: True where ``aggregate`` refuses non-finite gradients itself, before any state changes,
+    #: from numbers it computes anyway (the Gramian's diagonal, the norms), sparing a pass over ``[T, P]``.
+    checks_own_gradients = False
 
     def __init__(self, tasks: list[str], gradient_mode: str = "representation"):
         super().__init__(tasks)
@@ -67,8 +70,8 @@ class GradientWeighting(LossWeighting):
         self.check_grads(grads, losses)
         mask = self.present_mask(losses, present)
         self.check_finite(losses.detach(), "loss", mask)
-        if not isinstance(self, GramianWeighting):  # those read it off the Gramian's diagonal for free
-            self.check_finite(grads, "gradient", mask)
+        if not self.checks_own_gradients:  # a NaN or inf anywhere in a row makes its sum NaN or inf
+            self.check_finite(grads.sum(dim=1), "gradient", mask)
         self.active = mask.cpu().nonzero().squeeze(1)
         self.task_weights.zero_()
         if self.active.numel() == 0:
@@ -100,10 +103,12 @@ class GramianWeighting(GradientWeighting):
     are solved for in float64 on the ``t x t`` matrix.
     """
 
+    checks_own_gradients = True  # a NaN or inf anywhere in g_i makes G_ii NaN or inf
+
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         gram = gramian(grads)
         bad = [self.tasks[int(i)] for i in self.active[~np.isfinite(np.diag(gram))]]
-        if bad:  # a NaN or inf anywhere in g_i makes G_ii NaN or inf
+        if bad:
             raise NonFiniteError(f"{self.method}: the gradient of task {', '.join(map(repr, bad))} is NaN or "
                                  "infinite (or its square overflows); nothing was updated")
         weights = self.weights_from_gramian(gram, grads.dtype)

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from mtmm_core.errors import NonFiniteError
 from mtmm_plugins.weightings.base import masked_softmax
 from mtmm_plugins.weightings.gradient_base import GradientWeighting
 
@@ -47,7 +48,14 @@ class GradNormWeighting(GradientWeighting):
     def weights(self) -> torch.Tensor:
         return self.current_weights().detach()
 
+    checks_own_gradients = True  # from the norms, below
+
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        gradient_norms = torch.linalg.vector_norm(grads.detach().float(), dim=1)  # [t]; NaN or inf stays so
+        if not bool(torch.isfinite(gradient_norms).all()):
+            bad = [self.tasks[int(i)] for i in self.active[~torch.isfinite(gradient_norms).cpu()]]
+            raise NonFiniteError(f"{self.method}: the gradient of task {', '.join(map(repr, bad))} is NaN or "
+                                 "infinite (or its square overflows); nothing was updated")
         active = self.active.to(self.weight_logits.device)
         losses = losses.detach().float().to(self.weight_logits.device)
         first = ~self.has_initial_loss[active]
@@ -55,7 +63,7 @@ class GradNormWeighting(GradientWeighting):
         self.has_initial_loss[active] = True
         with torch.enable_grad():
             w = len(active) * torch.softmax(self.weight_logits[active], dim=0)  # [t]
-            norms = w * grads.detach().float().norm(dim=1).to(w.device)
+            norms = w * gradient_norms.to(w.device)
             ratios = losses / self.initial_losses[active]
             rates = ratios / ratios.mean().clamp_min(1e-12)
             target = (norms.mean() * rates**self.alpha).detach()
