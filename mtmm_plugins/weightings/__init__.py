@@ -8,7 +8,7 @@ from mtmm_plugins.weightings.dwa import DynamicWeightAverage
 from mtmm_plugins.weightings.equal import EqualWeighting
 from mtmm_plugins.weightings.famo import FastAdaptiveWeighting
 from mtmm_plugins.weightings.gls import GeometricLossWeighting
-from mtmm_plugins.weightings.gradient_base import GradientWeighting
+from mtmm_plugins.weightings.gradient_base import GradientWeighting, GramianWeighting
 from mtmm_plugins.weightings.gradnorm import GradNormWeighting
 from mtmm_plugins.weightings.imtl import ImpartialGradientWeighting
 from mtmm_plugins.weightings.mgda import MultipleGradientDescent
@@ -34,7 +34,7 @@ BUILTIN_WEIGHTINGS = {
     "aligned_mtl": AlignedMultitask,
 }
 
-__all__ = [factory.__name__ for factory in BUILTIN_WEIGHTINGS.values()] + ["BUILTIN_WEIGHTINGS", "GradientWeighting"]
+__all__ = [factory.__name__ for factory in BUILTIN_WEIGHTINGS.values()] + ["BUILTIN_WEIGHTINGS", "GradientWeighting", "GramianWeighting"]
 
 
 @hookimpl
