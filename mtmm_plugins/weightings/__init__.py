@@ -1,9 +1,12 @@
 """Built-in weightings: loss-level (equal, static, uncertainty, dwa, rlw, gls, famo) and
-gradient-level (gradnorm, pcgrad, mgda, cagrad, imtl_g, aligned_mtl). See docs/weightings.md."""
+gradient-level (gradnorm, pcgrad, mgda, cagrad, imtl_g, aligned_mtl, upgrad, dualproj, config,
+nash_mtl, fairgrad, gradvac, graddrop, imtl, db_mtl). See docs/weightings.md."""
 
 from mtmm_core import hookimpl
 from mtmm_plugins.weightings.aligned_mtl import AlignedMultitask
 from mtmm_plugins.weightings.cagrad import ConflictAverseGradient
+from mtmm_plugins.weightings.conflict_free import ConflictFreeGradient
+from mtmm_plugins.weightings.dualproj import DualProjection
 from mtmm_plugins.weightings.dwa import DynamicWeightAverage
 from mtmm_plugins.weightings.equal import EqualWeighting
 from mtmm_plugins.weightings.famo import FastAdaptiveWeighting
@@ -16,6 +19,7 @@ from mtmm_plugins.weightings.pcgrad import ProjectingConflictingGradients
 from mtmm_plugins.weightings.rlw import RandomLossWeighting
 from mtmm_plugins.weightings.static import StaticWeighting
 from mtmm_plugins.weightings.uncertainty import UncertaintyWeighting
+from mtmm_plugins.weightings.upgrad import UnconflictingProjection
 
 #: Registry name -> factory, in the order ``mtmm list weighting`` shows them.
 BUILTIN_WEIGHTINGS = {
@@ -32,6 +36,9 @@ BUILTIN_WEIGHTINGS = {
     "cagrad": ConflictAverseGradient,
     "imtl_g": ImpartialGradientWeighting,
     "aligned_mtl": AlignedMultitask,
+    "upgrad": UnconflictingProjection,
+    "dualproj": DualProjection,
+    "config": ConflictFreeGradient,
 }
 
 __all__ = [factory.__name__ for factory in BUILTIN_WEIGHTINGS.values()] + ["BUILTIN_WEIGHTINGS", "GradientWeighting", "GramianWeighting"]

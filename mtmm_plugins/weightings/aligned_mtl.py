@@ -7,14 +7,14 @@ from mtmm_plugins.weightings.gradient_base import GramianWeighting
 from mtmm_plugins.weightings.solvers import gramian_rank
 
 
-def balance_matrix(gram: np.ndarray, dtype: torch.dtype = torch.float64) -> np.ndarray:
+def balance_matrix(gram: np.ndarray, dtype: torch.dtype = torch.float64, length: int = 1) -> np.ndarray:
     """``B`` ``[t, t]`` from the Gramian ``[t, t]`` (float64): ``sqrt(lambda_min) V diag(lambda)^{-1/2} V^T``.
 
     Only the ``r`` largest eigenvalues are kept, ``r`` = :func:`gramian_rank` (the number of
-    independent gradients at the precision of ``dtype``); ``lambda_min`` is the smallest
+    independent gradients of ``length`` entries at the precision of ``dtype``); ``lambda_min`` is the smallest
     kept. Rank 0 (every gradient zero) gives ``B = 0``.
     """
-    rank = gramian_rank(gram, dtype)
+    rank = gramian_rank(gram, dtype, length)
     if rank == 0:
         return np.zeros_like(gram)
     eigenvalues, vectors = np.linalg.eigh(gram)
@@ -47,4 +47,4 @@ class AlignedMultitask(GramianWeighting):
         return balance_matrix(gram, dtype)
 
     def weights_from_gramian(self, gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-        return balance_matrix(gram, dtype).sum(axis=1)
+        return balance_matrix(gram, dtype, self.gradient_length).sum(axis=1)

@@ -104,6 +104,7 @@ class GramianWeighting(GradientWeighting):
     """
 
     checks_own_gradients = True  # a NaN or inf anywhere in g_i makes G_ii NaN or inf
+    gradient_length = 1  #: ``P`` of the gradients in the current call (their rounding grows with it)
 
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         gram = gramian(grads)
@@ -111,9 +112,11 @@ class GramianWeighting(GradientWeighting):
         if bad:
             raise NonFiniteError(f"{self.method}: the gradient of task {', '.join(map(repr, bad))} is NaN or "
                                  "infinite (or its square overflows); nothing was updated")
+        self.gradient_length = grads.shape[1]  # P, for the rank cut-off (solvers.rank_tolerance)
         weights = self.weights_from_gramian(gram, grads.dtype)
         return self.weighted_sum(torch.from_numpy(np.asarray(weights, dtype=np.float64)), grads)
 
     def weights_from_gramian(self, gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-        """Weights ``[t]`` from the present tasks' Gramian ``[t, t]`` (float64); ``dtype`` is the gradients'."""
+        """Weights ``[t]`` from the present tasks' Gramian ``[t, t]`` (float64); ``dtype`` is the gradients'
+        and ``self.gradient_length`` their number of entries ``P``."""
         raise NotImplementedError

@@ -7,7 +7,7 @@ from mtmm_plugins.weightings.gradient_base import GramianWeighting
 from mtmm_plugins.weightings.solvers import gramian_rank, nonzero_gradients
 
 
-def impartial_weights(gram: np.ndarray, dtype: torch.dtype = torch.float64) -> np.ndarray:
+def impartial_weights(gram: np.ndarray, dtype: torch.dtype = torch.float64, length: int = 1) -> np.ndarray:
     """IMTL-G's ``alpha`` ``[t]`` (summing to 1) from the Gramian ``G`` ``[t, t]`` (float64).
 
     The combined ``g = sum_i alpha_i g_i`` projects equally onto every unit gradient
@@ -15,13 +15,13 @@ def impartial_weights(gram: np.ndarray, dtype: torch.dtype = torch.float64) -> n
     normalised Gramian ``C = D^-1 G D^-1`` (``C = U U^T``) that is ``C D alpha = c 1``, so
     ``alpha = D^-1 C^+ 1 / (1^T D^-1 C^+ 1)``; the paper's form ``alpha_{2:T} = g_1 U^T (D U^T)^{-1}``
     (eq. 7) is the same system. ``C^+`` keeps the :func:`gramian_rank` largest eigenvalues
-    (rounding at ``dtype``'s precision is not a direction). A task whose gradient is zero
+    (rounding of ``dtype`` gradients of ``length`` entries is not a direction). A task whose gradient is zero
     takes no part and gets 0; all zero gives all 0.
     """
     count = gram.shape[0]
     nonzero = nonzero_gradients(gram)
     alpha = np.zeros(count)
-    rank = gramian_rank(gram, dtype)
+    rank = gramian_rank(gram, dtype, length)
     if rank == 0:
         return alpha
     norms = np.sqrt(np.diag(gram)[nonzero])
@@ -53,4 +53,4 @@ class ImpartialGradientWeighting(GramianWeighting):
         super().__init__(tasks, gradient_mode)
 
     def weights_from_gramian(self, gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-        return impartial_weights(gram, dtype)
+        return impartial_weights(gram, dtype, self.gradient_length)

@@ -36,13 +36,17 @@ def gramian(grads: torch.Tensor) -> np.ndarray:
     return (gram + gram.T) / 2
 
 
-def rank_tolerance(eigenvalues: np.ndarray, dtype: torch.dtype, size: int) -> float:
-    """Eigenvalues of a Gramian at or below this are noise: ``max |lambda| * size * eps(dtype)``.
+def rank_tolerance(eigenvalues: np.ndarray, dtype: torch.dtype, size: int, length: int = 1) -> float:
+    """Eigenvalues of a Gramian at or below this are noise: ``max |lambda| * size * eps(dtype) * sqrt(length)``.
 
-    A Gramian computed from float32 gradients carries relative errors of order float32's
-    epsilon, so a cut-off at float64's would count that noise as a direction.
+    A Gramian computed from ``dtype`` gradients of ``length`` entries carries relative errors
+    of order ``eps(dtype)``, growing like ``sqrt(length)`` as the dot products' rounding
+    errors add up (measured on dependent float32 gradients: about 9, 34 and 246 ``eps`` at
+    1e5, 1e6 and 4e6 entries), so a cut-off at float64's epsilon would count that noise as
+    a direction.
     """
-    return float(np.abs(eigenvalues).max(initial=0.0)) * max(size, 1) * float(torch.finfo(dtype).eps)
+    scale = float(np.abs(eigenvalues).max(initial=0.0))
+    return scale * max(size, 1) * float(torch.finfo(dtype).eps) * max(1.0, float(length)) ** 0.5
 
 
 def nonzero_gradients(gram: np.ndarray) -> np.ndarray:
@@ -51,13 +55,14 @@ def nonzero_gradients(gram: np.ndarray) -> np.ndarray:
     return norms > 1e-20 * norms.max(initial=0.0) if norms.max(initial=0.0) > 0 else np.zeros(len(norms), bool)
 
 
-def gramian_rank(gram: np.ndarray, dtype: torch.dtype) -> int:
+def gramian_rank(gram: np.ndarray, dtype: torch.dtype, length: int = 1) -> int:
     """The number of independent gradients among the non-zero ones, judged at ``dtype``'s precision.
 
     The rank is read off the *normalised* Gramian ``D^-1 G D^-1`` (``D = diag |g_i|``), whose
     rounding errors are of order ``eps(dtype)`` in every entry whatever the norms: the
     eigenvalues of ``G`` itself mix the tasks' scales, so a cut-off relative to its largest
     one would drop a genuine direction of a gradient 1e4 times smaller than another.
+    ``length`` is the number of entries ``P`` of each gradient (:func:`rank_tolerance`).
     """
     nonzero = nonzero_gradients(gram)
     if not nonzero.any():
@@ -65,7 +70,7 @@ def gramian_rank(gram: np.ndarray, dtype: torch.dtype) -> int:
     norms = np.sqrt(np.diag(gram)[nonzero])
     normalised = gram[np.ix_(nonzero, nonzero)] / np.outer(norms, norms)
     eigenvalues = np.linalg.eigvalsh(normalised)
-    return int((eigenvalues > rank_tolerance(eigenvalues, dtype, len(norms))).sum())
+    return int((eigenvalues > rank_tolerance(eigenvalues, dtype, len(norms), length)).sum())
 
 
 def nonnegative_qp(quadratic: np.ndarray, linear: np.ndarray, *, simplex: bool = False,
@@ -75,7 +80,9 @@ def nonnegative_qp(quadratic: np.ndarray, linear: np.ndarray, *, simplex: bool =
     ``Q`` ``[n, n]`` symmetric positive semi-definite, ``c`` ``[n]``. A primal active-set
     method (Lawson and Hanson's for non-negative least squares, with the simplex's equality
     row added to the face problems): exact up to rounding, at most a few ``n`` face solves.
-    ``Q`` is scaled to a unit diagonal maximum and given a ridge of ``n * eps`` so every face
+    It runs on ``y = D x`` with ``D = sqrt(diag Q)``, so ``Q`` has a unit diagonal and the
+    optimality test is relative to each coordinate's own scale (a gradient 1e6 times smaller
+    than another is treated as carefully), and with a ridge of ``n * eps`` so every face
     problem has one solution (the objective changes by less than rounding).
     Without ``simplex`` the problem must be bounded below (``c`` in the range of ``Q``, or
     ``Q`` definite), as it is for every caller here.
@@ -85,17 +92,20 @@ def nonnegative_qp(quadratic: np.ndarray, linear: np.ndarray, *, simplex: bool =
     n = c.shape[0]
     if q.shape != (n, n):
         raise ValueError(f"nonnegative_qp: Q must be [{n}, {n}], got {list(q.shape)}")
-    scale = max(float(np.abs(np.diag(q)).max(initial=0.0)), np.finfo(np.float64).tiny)
-    q, c = (q + q.T) / (2 * scale), c / scale
+    diagonal = np.diag(q).copy()
+    d = np.sqrt(np.where(diagonal > 0, diagonal, 1.0))
+    q = (q + q.T) / 2 / np.outer(d, d)
+    c = c / d
+    a = 1.0 / d  # the simplex row sum x = 1 is a^T y = 1
     q[np.diag_indices(n)] += n * EPS64
     threshold = tol * (1.0 + float(np.abs(c).max(initial=0.0)))
     limit = max_iterations or 10 * n + 50
 
     free = np.zeros(n, dtype=bool)
-    x = np.zeros(n)
+    y = np.zeros(n)
     if simplex:
-        start = int(np.argmin(0.5 * np.diag(q) + c))
-        free[start], x[start] = True, 1.0
+        start = int(np.argmin(0.5 * np.diag(q) / a**2 + c / a))  # the best vertex x = e_j
+        free[start], y[start] = True, 1.0 / a[start]
 
     def face_minimiser(face: np.ndarray) -> np.ndarray:
         index = np.flatnonzero(face)
@@ -104,7 +114,7 @@ def nonnegative_qp(quadratic: np.ndarray, linear: np.ndarray, *, simplex: bool =
             k = index.size
             kkt = np.zeros((k + 1, k + 1))
             kkt[:k, :k] = q[np.ix_(index, index)]
-            kkt[:k, k] = kkt[k, :k] = 1.0
+            kkt[:k, k] = kkt[k, :k] = a[index]
             rhs = np.concatenate([-c[index], [1.0]])
             z[index] = np.linalg.solve(kkt, rhs)[:k]
         elif index.size:
@@ -112,30 +122,30 @@ def nonnegative_qp(quadratic: np.ndarray, linear: np.ndarray, *, simplex: bool =
         return z
 
     for _ in range(limit):
-        gradient = q @ x + c
-        if simplex:
-            gradient = gradient - gradient[free].mean()  # minus the equality row's multiplier
+        gradient = q @ y + c
+        if simplex:  # minus the equality row's multiplier, nu = the least-squares fit of gradient_F = nu a_F
+            gradient = gradient - a * (gradient[free] @ a[free]) / (a[free] @ a[free])
         candidates = np.where(free, np.inf, gradient)
         entering = int(np.argmin(candidates))
         if not candidates[entering] < -threshold:
-            return x  # every constraint's multiplier is >= 0: optimal
+            return y / d  # every constraint's multiplier is >= 0: optimal
         free[entering] = True
         for _ in range(limit):
             z = face_minimiser(free)
             if (z[free] > 0).all():
-                x = z
+                y = z
                 break
-            if z[entering] <= 0 and x[entering] == 0:  # rounding: the entering index cannot move
+            if z[entering] <= 0 and y[entering] == 0:  # rounding: the entering index cannot move
                 free[entering] = False
-                return x
+                return y / d
             blocking = free & (z <= 0)
-            steps = x[blocking] / (x[blocking] - z[blocking])
-            x = x + steps.min() * (z - x)
-            free &= x > n * EPS64
-            x[~free] = 0.0
+            steps = y[blocking] / (y[blocking] - z[blocking])
+            y = y + steps.min() * (z - y)
+            free &= y > n * EPS64 * np.abs(y).max(initial=0.0)
+            y[~free] = 0.0
             if simplex:
-                x /= x.sum()
-    return x
+                y /= a @ y
+    return y / d
 
 
 def min_norm_weights(gram: np.ndarray) -> np.ndarray:
