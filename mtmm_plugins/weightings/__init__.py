@@ -6,14 +6,17 @@ from mtmm_core import hookimpl
 from mtmm_plugins.weightings.aligned_mtl import AlignedMultitask
 from mtmm_plugins.weightings.cagrad import ConflictAverseGradient
 from mtmm_plugins.weightings.conflict_free import ConflictFreeGradient
+from mtmm_plugins.weightings.db_mtl import DualBalancing
 from mtmm_plugins.weightings.dualproj import DualProjection
 from mtmm_plugins.weightings.dwa import DynamicWeightAverage
 from mtmm_plugins.weightings.equal import EqualWeighting
 from mtmm_plugins.weightings.famo import FastAdaptiveWeighting
 from mtmm_plugins.weightings.gls import GeometricLossWeighting
+from mtmm_plugins.weightings.graddrop import GradientSignDropout
 from mtmm_plugins.weightings.gradient_base import GradientWeighting, GramianWeighting
 from mtmm_plugins.weightings.gradnorm import GradNormWeighting
 from mtmm_plugins.weightings.imtl import ImpartialGradientWeighting
+from mtmm_plugins.weightings.imtl_full import ImpartialMultitask
 from mtmm_plugins.weightings.mgda import MultipleGradientDescent
 from mtmm_plugins.weightings.pcgrad import ProjectingConflictingGradients
 from mtmm_plugins.weightings.rlw import RandomLossWeighting
@@ -39,6 +42,9 @@ BUILTIN_WEIGHTINGS = {
     "upgrad": UnconflictingProjection,
     "dualproj": DualProjection,
     "config": ConflictFreeGradient,
+    "graddrop": GradientSignDropout,
+    "imtl": ImpartialMultitask,
+    "db_mtl": DualBalancing,
 }
 
 __all__ = [factory.__name__ for factory in BUILTIN_WEIGHTINGS.values()] + ["BUILTIN_WEIGHTINGS", "GradientWeighting", "GramianWeighting"]
