@@ -10,6 +10,7 @@ from mtmm_plugins.weightings.db_mtl import DualBalancing
 from mtmm_plugins.weightings.dualproj import DualProjection
 from mtmm_plugins.weightings.dwa import DynamicWeightAverage
 from mtmm_plugins.weightings.equal import EqualWeighting
+from mtmm_plugins.weightings.fairgrad import FairGradient
 from mtmm_plugins.weightings.famo import FastAdaptiveWeighting
 from mtmm_plugins.weightings.gls import GeometricLossWeighting
 from mtmm_plugins.weightings.graddrop import GradientSignDropout
@@ -17,7 +18,9 @@ from mtmm_plugins.weightings.gradient_base import GradientWeighting, GramianWeig
 from mtmm_plugins.weightings.gradnorm import GradNormWeighting
 from mtmm_plugins.weightings.imtl import ImpartialGradientWeighting
 from mtmm_plugins.weightings.imtl_full import ImpartialMultitask
+from mtmm_plugins.weightings.gradvac import GradientVaccine
 from mtmm_plugins.weightings.mgda import MultipleGradientDescent
+from mtmm_plugins.weightings.nash_mtl import NashBargaining
 from mtmm_plugins.weightings.pcgrad import ProjectingConflictingGradients
 from mtmm_plugins.weightings.rlw import RandomLossWeighting
 from mtmm_plugins.weightings.static import StaticWeighting
@@ -42,6 +45,9 @@ BUILTIN_WEIGHTINGS = {
     "upgrad": UnconflictingProjection,
     "dualproj": DualProjection,
     "config": ConflictFreeGradient,
+    "nash_mtl": NashBargaining,
+    "fairgrad": FairGradient,
+    "gradvac": GradientVaccine,
     "graddrop": GradientSignDropout,
     "imtl": ImpartialMultitask,
     "db_mtl": DualBalancing,

@@ -154,16 +154,19 @@ def min_norm_weights(gram: np.ndarray) -> np.ndarray:
     return nonnegative_qp(gram, np.zeros(gram.shape[0]), simplex=True)
 
 
-def power_balance_weights(gram: np.ndarray, power: float, *, tol: float = 1e-12,
+def power_balance_weights(gram: np.ndarray, power: float, *, tol: float = 1e-15,
                           max_iterations: int = 100) -> np.ndarray:
     """``w > 0`` ``[T]`` with ``G w = w^(-power)`` elementwise (``power > 0``), by Newton's method.
 
     It is the minimiser of the strictly convex ``1/2 w^T G w - sum_i phi(w_i)`` with
     ``phi' (w) = w^(-power)`` (``phi = log`` for ``power = 1``). ``G`` is first scaled to a
     unit diagonal maximum ``s`` (the answer for ``s G`` is ``s^(-1 / (1 + power))`` times the
-    one for ``G``). Each Newton step is damped to keep ``w`` positive and to decrease the
-    objective. When ``G`` is singular in a way that lets the objective fall for ever (two
-    exactly opposed gradients), the iteration stops at ``max_iterations`` with large ``w``.
+    one for ``G``), and the iteration starts from ``G_ii^(-1 / (1 + power))``, the answer for
+    orthogonal gradients. Each Newton step is damped to keep ``w`` positive and to decrease
+    the objective; it stops when the relative residual is below ``tol``. The problem has no
+    solution when a zero gradient or cancelling gradients let the objective fall for ever:
+    the iteration then stops at ``max_iterations`` with large ``w`` (the Nash-MTL and
+    FairGrad classes leave such tasks out first).
     """
     if power <= 0:
         raise ValueError(f"power must be > 0, got {power}")
@@ -177,19 +180,26 @@ def power_balance_weights(gram: np.ndarray, power: float, *, tol: float = 1e-12,
     def objective(w: np.ndarray) -> float:
         return 0.5 * float(w @ g @ w) - float(barrier(w).sum())
 
-    w = 1.0 / np.sqrt(np.maximum(np.diag(g), 1e-12))
-    w = w * (1.0 / max(float(w @ g @ w), 1e-300)) ** (1 / (1 + power))  # the best multiple of the start
+    w = np.maximum(np.diag(g), 1e-12) ** (-1 / (1 + power))
     for _ in range(max_iterations):
-        gradient = g @ w - w ** (-power)
+        target = w ** (-power)
+        gradient = g @ w - target
+        if np.abs(gradient).max() <= tol * np.abs(target).max():
+            break
         hessian = g + np.diag(power * w ** (-power - 1))
-        step = np.linalg.solve(hessian, -gradient)
+        try:
+            step = np.linalg.solve(hessian, -gradient)
+        except np.linalg.LinAlgError:
+            step = np.linalg.lstsq(hessian, -gradient, rcond=None)[0]
         decrement = float(-gradient @ step)
-        if decrement <= tol:
+        if not decrement > 0:
             break
         shrinking = step < 0
         t = min(1.0, 0.99 * float((-w[shrinking] / step[shrinking]).min())) if shrinking.any() else 1.0
         current = objective(w)
         while t > 1e-12 and objective(w + t * step) > current - 0.25 * t * decrement:
             t /= 2
+        if t <= 1e-12:
+            break
         w = w + t * step
     return w * scale ** (-1 / (1 + power))
