@@ -40,7 +40,9 @@ class DualBalancing(GradientWeighting):
     (LibMTL refuses representation gradients for DB-MTL). With ``"representation"`` the average
     runs coordinate by coordinate over the flattened ``[B * D]`` gradients of successive batches,
     whose rows are different samples; ``beta = 0`` (no averaging) is the variant that carries
-    over exactly.
+    over exactly, and the default there (``beta=None``: 0.9 with "parameters", 0 with
+    "representation"; on avdigits, 10 epochs, averaging representation gradients with 0.9
+    gave image_digit accuracy 0.39 against 0.97 for equal weighting).
 
     Compared with LibMTL's ``DB_MTL`` (defaults ``DB_beta = 0.9``, ``DB_beta_sigma = 0``, ``eps =
     1e-8`` in ``log(L + 1e-8)``; the same update ``ghat <- g + beta_k (ghat - g)`` from zeros, no
@@ -52,9 +54,11 @@ class DualBalancing(GradientWeighting):
 
     method = "db_mtl"  # the registered name, for messages
 
-    def __init__(self, *, tasks: list[str], gradient_mode: str = "representation", beta: float = 0.9,
+    def __init__(self, *, tasks: list[str], gradient_mode: str = "representation", beta: float | None = None,
                  beta_sigma: float = 0.0, eps: float = 1e-8):
         super().__init__(tasks, gradient_mode)
+        if beta is None:  # the paper's 0.9 over parameters; no averaging over batches of different samples
+            beta = 0.9 if gradient_mode == "parameters" else 0.0
         self.beta, self.beta_sigma, self.eps = float(beta), float(beta_sigma), float(eps)
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"db_mtl beta (the moving average's decay) must be in [0, 1), got {beta}")
