@@ -373,7 +373,7 @@ def test_db_mtl_absent_task_keeps_its_state_and_takes_no_part(gen):
     p = randint(gen, 7, 1000)
     present = torch.tensor([True, False, True])
     # from fresh state: the same as the model with only the present tasks
-    three, two = DualBalancing(tasks=names(3)), DualBalancing(tasks=["task0", "task2"])
+    three, two = DualBalancing(tasks=names(3), beta=0.9), DualBalancing(tasks=["task0", "task2"], beta=0.9)
     grads, losses = gradients(gen, 3, p), positive_losses(gen, 3)
     grads[1] = float("nan")
     torch.testing.assert_close(three.combine(grads, losses, present), two.combine(grads[[0, 2]], losses[[0, 2]]),
@@ -399,7 +399,7 @@ def test_db_mtl_absent_task_keeps_its_state_and_takes_no_part(gen):
 
 
 def test_db_mtl_nan_gradient_raises_and_changes_nothing(gen):
-    weighting = DualBalancing(tasks=["depth", "seg", "normal"])
+    weighting = DualBalancing(tasks=["depth", "seg", "normal"], beta=0.9)
     weighting.combine(gradients(gen, 3, 40), positive_losses(gen, 3))
     ema, steps = weighting.ema.clone(), weighting.ema_steps.clone()
     grads = gradients(gen, 3, 40)
@@ -437,12 +437,12 @@ def test_db_mtl_state_survives_a_checkpoint(gen, tmp_path):
 
 
 def test_db_mtl_restarts_its_averages_when_the_gradient_size_changes(gen):
-    weighting = DualBalancing(tasks=names(2))
+    weighting = DualBalancing(tasks=names(2), beta=0.9)
     weighting.combine(gradients(gen, 2, 12), positive_losses(gen, 2))
     grads, losses = gradients(gen, 2, 8), positive_losses(gen, 2)
     with pytest.warns(RuntimeWarning, match="restarting the averages"):
         combined = weighting.combine(grads, losses)
-    torch.testing.assert_close(combined, DualBalancing(tasks=names(2)).combine(grads, losses))
+    torch.testing.assert_close(combined, DualBalancing(tasks=names(2), beta=0.9).combine(grads, losses))
     assert weighting.ema_steps.tolist() == [1, 1]
 
 
@@ -478,3 +478,17 @@ def test_the_combination_is_what_reaches_the_representation(gen, factory):
     weighted_backward(weighting, losses, representation)
     torch.testing.assert_close(x.grad.flatten(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(weighting.weights(), reference.weights())
+
+
+def test_db_mtl_defaults_to_no_average_over_representation_batches(gen):
+    """beta defaults to 0 in representation mode: ghat_i = g_i / (L_i + eps), nothing kept between steps."""
+    t, p = randint(gen, 2, 10), randint(gen, 7, 1000)
+    grads, losses = gradients(gen, t, p), positive_losses(gen, t)
+    weighting = DualBalancing(tasks=names(t))
+    assert weighting.beta == 0 and DualBalancing(tasks=names(t), gradient_mode="parameters").beta == 0.9
+    log_grads = grads.to(F64) / (losses.to(F64) + 1e-8).unsqueeze(1)
+    norms = log_grads.norm(dim=1)
+    expected = (norms.max() / norms).unsqueeze(1).mul(log_grads).sum(0)
+    combined = weighting.combine(grads, losses)
+    assert (combined.to(F64) - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert weighting.ema.numel() == 0

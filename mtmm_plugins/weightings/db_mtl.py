@@ -107,15 +107,20 @@ class DualBalancing(GradientWeighting):
         return super().combine(grads, losses, present)
 
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        self._prepare_state(grads)
-        rows = self.active.to(self.ema.device)
-        steps = self.ema_steps[rows.to(self.ema_steps.device)] + 1
-        self.ema_steps[rows.to(self.ema_steps.device)] = steps
-        beta = self.beta / steps.to(torch.float64) ** self.beta_sigma  # [t]
-        beta = beta.to(device=self.ema.device, dtype=self.ema.dtype).unsqueeze(1)
-        log_grads = grads.to(self.ema) / (losses.to(self.ema) + self.eps).unsqueeze(1)  # [t, P]
-        averaged = beta * self.ema[rows] + (1.0 - beta) * log_grads
-        self.ema[rows] = averaged
-        norms = torch.linalg.vector_norm(averaged, dim=1, dtype=torch.float64)  # [t]
+        if self.beta != 0:
+            self._prepare_state(grads)  # before counting this step: a restart zeroes the counts
+        steps_index = self.active.to(self.ema_steps.device)
+        self.ema_steps[steps_index] += 1
+        scales = 1.0 / (losses.detach().double() + self.eps)  # [t]: grad log(L + eps) = g / (L + eps)
+        if self.beta == 0:  # no average to keep: ghat_i = g_i / (L_i + eps)
+            norms = torch.linalg.vector_norm(grads, dim=1).double() * scales.to(grads.device)
+            alpha = torch.where(norms > 0, norms.max() / norms.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+            self.weighted_sum(alpha, grads)  # records alpha, the multipliers of ghat
+            return (alpha * scales.to(alpha.device)).to(device=grads.device, dtype=grads.dtype) @ grads
+        betas = (self.beta / self.ema_steps[steps_index].double() ** self.beta_sigma).tolist()
+        for row, (task, beta) in enumerate(zip(self.active.tolist(), betas)):  # in place, one row at a time
+            self.ema[task].mul_(beta).add_(grads[row].to(self.ema), alpha=(1.0 - beta) * float(scales[row]))
+        averaged = self.ema[self.active.to(self.ema.device)]
+        norms = torch.linalg.vector_norm(averaged, dim=1).double()  # [t]
         alpha = torch.where(norms > 0, norms.max() / norms.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
         return self.weighted_sum(alpha, averaged).to(grads.dtype)

@@ -45,7 +45,7 @@ class GradientSignDropout(GradientWeighting):
       (``l_i = 1`` passes task ``i``'s gradient through untouched; default 0 everywhere).
 
     ``f`` is a monotonically increasing map of ``[0, 1]`` onto itself, odd around ``(1/2, 1/2)``;
-    identity by default. It is applied to the float64 purity ``[P]`` and must return a tensor
+    identity by default. It is applied to the purity ``[P]`` (in the gradients' dtype) and must return a tensor
     of the same shape. ``leak`` is one number for every task, a list in task order, or a dict
     task -> leak (tasks left out: 0).
 
@@ -61,9 +61,9 @@ class GradientSignDropout(GradientWeighting):
 
     Compared with TorchJD's ``GradDrop(f, leak)`` aggregator (lines 10-15 of the paper's
     Algorithm 1): the same rule and the same draw (``torch.rand`` of shape ``[P]`` in the
-    gradients' dtype), so under one seed the results agree (factor 1). Differences: the purity
-    is computed in float64 here (TorchJD: in the gradients' dtype; the masks can differ only
-    where ``f(P)`` is within rounding of ``U``); an all-zero coordinate gets ``P = 1/2`` here and
+    gradients' dtype), so under one seed the results agree (factor 1). Differences: the kept
+    components are summed as ``(sum_i g_i +- sum_i |g_i|) / 2`` without a ``[T, P]`` mask (the
+    sums can differ from TorchJD's in the last bits); an all-zero coordinate gets ``P = 1/2`` here and
     ``NaN`` there (both keep nothing); ``leak`` is a tensor per row there, a number / list / dict
     here. Compared with LibMTL's ``GradDrop`` (representation gradients only) and the
     authors' own layer: for a batch-separated activation ``A`` ``[B, D]`` they first form
@@ -101,17 +101,27 @@ class GradientSignDropout(GradientWeighting):
         return value
 
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        total = grads.sum(dim=0, dtype=torch.float64)
-        mass = grads.abs().sum(dim=0, dtype=torch.float64)
-        ratio = torch.where(mass > 0, total / mass.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+        # Per coordinate the kept components add up to (sum + |sum|_1) / 2 when the positive sign
+        # wins and to (sum - |sum|_1) / 2 when the negative one does: no [t, P] mask is needed.
+        total, mass = self._sums(grads, torch.ones(grads.shape[0], dtype=grads.dtype, device=grads.device))
+        ratio = torch.where(mass > 0, total / mass.clamp_min(torch.finfo(mass.dtype).tiny), 0.0)
         keep = self.keep_probability(0.5 * (1.0 + ratio))
         uniform = torch.rand(keep.shape, dtype=grads.dtype, device=grads.device)
-        positive_wins = (keep > uniform).unsqueeze(0)
-        negative_wins = (keep < uniform).unsqueeze(0)
-        mask = (positive_wins & (grads > 0)) | (negative_wins & (grads < 0))  # [t, P]
         self.task_weights[self.active.to(self.task_weights.device)] = 1.0
-        if not self.leaks:
-            return grads.where(mask, 0.0).sum(dim=0)
-        leak = self.leak[self.active.to(self.leak.device)].to(device=grads.device, dtype=grads.dtype)
-        factor = leak.unsqueeze(1) + (1.0 - leak.unsqueeze(1)) * mask.to(grads.dtype)
-        return (factor * grads).sum(dim=0)
+        if self.leaks:  # a leak l_i passes l_i g_i through; the mask acts on (1 - l_i) g_i
+            leak = self.leak[self.active.to(self.leak.device)].to(device=grads.device, dtype=grads.dtype)
+            total, mass = self._sums(grads, 1.0 - leak)
+        kept = torch.where(keep > uniform, total + mass, torch.where(keep < uniform, total - mass, 0.0)) / 2
+        if self.leaks:
+            kept = kept + leak @ grads
+        return kept
+
+    @staticmethod
+    def _sums(grads: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sum_i s_i g_i`` and ``sum_i s_i |g_i|`` ``[P]``, one row at a time (no ``[t, P]`` temporary)."""
+        total = torch.zeros_like(grads[0])
+        mass = torch.zeros_like(grads[0])
+        for scale, row in zip(scales.tolist(), grads):
+            total.add_(row, alpha=scale)
+            mass.add_(row.abs(), alpha=scale)
+        return total, mass

@@ -197,9 +197,10 @@ def power_balance_weights(gram: np.ndarray, power: float, *, tol: float = 1e-15,
         shrinking = step < 0
         t = min(1.0, 0.99 * float((-w[shrinking] / step[shrinking]).min())) if shrinking.any() else 1.0
         current = objective(w)
-        while t > 1e-12 and objective(w + t * step) > current - 0.25 * t * decrement:
-            t /= 2
-        if t <= 1e-12:
-            break
+        if decrement > 1e3 * EPS64 * (1 + abs(current)):  # else the objective cannot tell: a full step
+            while t > 1e-12 and objective(w + t * step) > current - 0.25 * t * decrement:
+                t /= 2
+            if t <= 1e-12:
+                break
         w = w + t * step
     return w * scale ** (-1 / (1 + power))
