@@ -101,25 +101,31 @@ def nonnegative_qp(quadratic: np.ndarray, linear: np.ndarray, *, simplex: bool =
     threshold = tol * (1.0 + float(np.abs(c).max(initial=0.0)))
     limit = max_iterations or 10 * n + 50
 
-    free = np.zeros(n, dtype=bool)
-    y = np.zeros(n)
-    if simplex:
-        start = int(np.argmin(0.5 * np.diag(q) / a**2 + c / a))  # the best vertex x = e_j
-        free[start], y[start] = True, 1.0 / a[start]
-
     def face_minimiser(face: np.ndarray) -> np.ndarray:
         index = np.flatnonzero(face)
         z = np.zeros(n)
         if simplex:
             k = index.size
             kkt = np.zeros((k + 1, k + 1))
-            kkt[:k, :k] = q[np.ix_(index, index)]
+            kkt[:k, :k] = q[face][:, face]
             kkt[:k, k] = kkt[k, :k] = a[index]
             rhs = np.concatenate([-c[index], [1.0]])
             z[index] = np.linalg.solve(kkt, rhs)[:k]
         elif index.size:
-            z[index] = np.linalg.solve(q[np.ix_(index, index)], -c[index])
+            z[index] = np.linalg.solve(q[face][:, face], -c[index])
         return z
+
+    free = np.zeros(n, dtype=bool)
+    y = np.zeros(n)
+    if not simplex:  # a guess that is often the answer: every constraint violated at 0, at once
+        guess = c < -threshold
+        if guess.any():
+            z = face_minimiser(guess)
+            if (z[guess] > 0).all():
+                free, y = guess, z
+    if simplex:
+        start = int(np.argmin(0.5 * np.diag(q) / a**2 + c / a))  # the best vertex x = e_j
+        free[start], y[start] = True, 1.0 / a[start]
 
     for _ in range(limit):
         gradient = q @ y + c
