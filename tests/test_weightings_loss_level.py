@@ -130,3 +130,28 @@ def test_famo_logits_and_optimizer_state_survive_a_state_dict_round_trip():
 def test_bad_parameters(factory, params, message):
     with pytest.raises(ValueError, match=message):
         factory(tasks=TASKS, **params)
+
+
+def test_rlw_draws_follow_the_papers_distributions():
+    """Lin et al. 2022: normal -> softmax(z), uniform -> u / sum(u), Dirichlet(a) -> mean 1/T, var (T-1)/(T^2 (Ta+1))."""
+    from mtmm_plugins.weightings import RandomLossWeighting
+
+    tasks, losses = ["a", "b", "c", "d"], torch.rand(4) + 0.5
+    for distribution, reference in [("normal", lambda: torch.softmax(torch.randn(4), 0)),
+                                    ("uniform", lambda: (lambda u: u / u.sum())(torch.rand(4)))]:
+        rlw = RandomLossWeighting(tasks=tasks, distribution=distribution)
+        seed = int(torch.randint(1 << 30, ()))
+        torch.manual_seed(seed)
+        total = rlw(losses)
+        torch.manual_seed(seed)
+        expected = reference()
+        torch.testing.assert_close(rlw.weights(), expected)
+        torch.testing.assert_close(total, (expected * losses).sum())
+    rlw = RandomLossWeighting(tasks=tasks, distribution="dirichlet", concentration=0.5)
+    draws = torch.stack([(rlw(losses), rlw.weights())[1] for _ in range(4000)])
+    assert (draws >= 0).all() and torch.allclose(draws.sum(1), torch.ones(4000))
+    torch.testing.assert_close(draws.mean(0), torch.full((4,), 0.25), atol=0.02, rtol=0)
+    expected_variance = 3 / (16 * (4 * 0.5 + 1))  # (T - 1) / (T^2 (T a + 1))
+    torch.testing.assert_close(draws.var(0), torch.full((4,), expected_variance), atol=0.01, rtol=0)
+    rlw.eval()
+    torch.testing.assert_close(rlw(losses), losses.mean())
