@@ -62,19 +62,29 @@ def main() -> None:
     rerun = {row["config"] for row in rows}
     rows = sorted([row for row in earlier if row["config"] not in rerun] + rows, key=lambda row: row["config"])
     out.write_text(json.dumps({"machine": machine, "runs": rows}, indent=2))
-    lines = ["| config | " + " | ".join(label for _, label in COLUMNS) + " | epochs | train time |",
+    table = markdown_table(rows, "config") + (
+        f"\n\nTest split of avdigits, seed 0, on {machine}; `python scripts/results_table.py`.\n")
+    replace_between_markers(ROOT / "README.md", "results", table)
+    print(table)
+
+
+def markdown_table(rows: list[dict], first: str) -> str:
+    """One line per run: its ``first`` field, the metrics of ``COLUMNS``, epochs and train time."""
+    lines = [f"| {first} | " + " | ".join(label for _, label in COLUMNS) + " | epochs | train time |",
              "|---|" + "---|" * (len(COLUMNS) + 2)]
     for row in rows:
         cells = [f"{row['metrics'][key]:.3f}" for key, _ in COLUMNS]
-        lines.append(f"| `{row['config']}` | " + " | ".join(cells) + f" | {row['epochs']} | {row['seconds']:.0f} s |")
-    table = "\n".join(lines) + f"\n\nTest split of avdigits, seed 0, on {machine}; `python scripts/results_table.py`.\n"
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- results:start -->\n", "<!-- results:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        readme.write_text(head + start + table + end + rest.split(end, 1)[1])
-    print(table)
+        lines.append(f"| `{row[first]}` | " + " | ".join(cells) + f" | {row['epochs']} | {row['seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def replace_between_markers(path: Path, name: str, text: str) -> None:
+    """Replace what stands between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``."""
+    content = path.read_text()
+    start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+    if start in content and end in content:
+        head, rest = content.split(start, 1)
+        path.write_text(head + start + text + end + rest.split(end, 1)[1])
 
 
 #: Parameters a weighting needs beyond its name in the default's four tasks.
@@ -105,20 +115,10 @@ def weightings_table(names: list[str], epochs: int, out_dir: Path) -> None:
     rows = sorted([row for row in earlier if row["weighting"] not in rerun] + rows,
                   key=lambda row: order.index(row["weighting"]) if row["weighting"] in order else len(order))
     out.write_text(json.dumps({"machine": machine, "runs": rows}, indent=2))
-    lines = ["| weighting | " + " | ".join(label for _, label in COLUMNS) + " | epochs | train time |",
-             "|---|" + "---|" * (len(COLUMNS) + 2)]
-    for row in rows:
-        cells = [f"{row['metrics'][key]:.3f}" for key, _ in COLUMNS]
-        lines.append(f"| `{row['weighting']}` | " + " | ".join(cells) + f" | {row['epochs']} | {row['seconds']:.0f} s |")
-    table = ("\n".join(lines) + f"\n\nThe default config with `model.weighting.name=X`, {epochs} epochs (the "
-             f"default trains 50), test split, seed 0, on {machine}; "
-             f"`python scripts/results_table.py --weightings --epochs {epochs}`.\n")
-    docs = ROOT / "docs" / "weightings.md"
-    text = docs.read_text()
-    start, end = "<!-- weightings:start -->\n", "<!-- weightings:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        docs.write_text(head + start + table + end + rest.split(end, 1)[1])
+    table = markdown_table(rows, "weighting") + (
+        f"\n\nThe default config with `model.weighting.name=X`, {epochs} epochs (the default trains 50), test "
+        f"split, seed 0, on {machine}; `python scripts/results_table.py --weightings --epochs {epochs}`.\n")
+    replace_between_markers(ROOT / "docs" / "weightings.md", "weightings", table)
     print(table)
 
 
