@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mtmm_plugins.weightings.gradient_base import GramianWeighting
-from mtmm_plugins.weightings.solvers import gramian_rank, nonzero_gradients
+from mtmm_plugins.weightings.solvers import unit_pseudo_solve
 from mtmm_plugins.weightings.upgrad import preference_vector, present_preferences
 
 
@@ -19,23 +19,13 @@ def conflict_free_weights(gram: np.ndarray, preferences: np.ndarray,
     Gramian ``C = U U^T = D^-1 G D^-1``: ``pinv(U) p = U^T C^+ p``, so the unit direction is
     ``g_u = J^T c / |J^T c|`` with ``c = D^-1 C^+ p``, and the update
     ``(sum_i g_i . g_u) g_u = J^T w`` with ``w = c (1^T G c) / (c^T G c)``. ``C^+`` keeps the
-    :func:`gramian_rank` largest eigenvalues (rounding of ``dtype`` gradients of ``length``
-    entries is not a direction). A zero gradient is left out of ``U`` (weight 0). All zero, or ``C^+ p = 0``
+    genuine directions (:func:`~mtmm_plugins.weightings.solvers.unit_pseudo_solve`: rounding of
+    ``dtype`` gradients of ``length`` entries is not a direction). A zero gradient is left out of ``U`` (weight 0). All zero, or ``C^+ p = 0``
     (e.g. two exactly opposite gradients), gives ``w = 0``.
     """
     gram = np.asarray(gram, dtype=np.float64)
-    count = gram.shape[0]
-    weights = np.zeros(count)
-    rank = gramian_rank(gram, dtype, length)
-    if rank == 0:
-        return weights
-    nonzero = nonzero_gradients(gram)
-    norms = np.sqrt(np.diag(gram)[nonzero])
-    normalised = gram[np.ix_(nonzero, nonzero)] / np.outer(norms, norms)
-    eigenvalues, vectors = np.linalg.eigh((normalised + normalised.T) / 2)  # ascending: keep the last `rank`
-    kept, basis = eigenvalues[-rank:], vectors[:, -rank:]
-    direction = np.zeros(count)
-    direction[nonzero] = (basis @ ((basis.T @ preferences[nonzero]) / kept)) / norms  # c = D^-1 C^+ p
+    weights = np.zeros(gram.shape[0])
+    direction = unit_pseudo_solve(gram, preferences, dtype, length)  # c = D^-1 C^+ p
     projections = gram @ direction  # g_i . (J^T c)
     squared_length = float(direction @ projections)  # |J^T c|^2
     if not (np.isfinite(squared_length) and squared_length > 0):
@@ -66,7 +56,7 @@ class ConflictFreeGradient(GramianWeighting):
     (``pref_vector`` ones, the sum of the projections as the length; factor 1). TorchJD takes
     ``torch.linalg.pinv`` of the unit gradients ``[m, n]`` in their dtype (singular values below
     ``max(m, n) eps`` of the largest dropped); here the rank is judged on the normalised
-    Gramian at ``t eps`` of its largest eigenvalue (:func:`~mtmm_plugins.weightings.solvers.gramian_rank`),
+    Gramian at ``t eps sqrt(P)`` of its largest eigenvalue (:func:`~mtmm_plugins.weightings.solvers.normalised_gramian`),
     so the two differ only when the unit gradients are nearly dependent.
     """
 

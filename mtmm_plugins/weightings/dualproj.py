@@ -43,4 +43,4 @@ class DualProjection(GramianWeighting):
 
     def weights_from_gramian(self, gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:
         preferences = present_preferences(self.preferences, self.active, gram.shape[0])
-        return dual_cone_weights(gram, preferences[None, :], dtype)[0]
+        return dual_cone_weights(gram, preferences[None, :], dtype, self.gradient_length)[0]

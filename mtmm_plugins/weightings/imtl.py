@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from mtmm_plugins.weightings.gradient_base import GramianWeighting
-from mtmm_plugins.weightings.solvers import gramian_rank, nonzero_gradients
+from mtmm_plugins.weightings.solvers import nonzero_gradients, unit_pseudo_solve
 
 
 def impartial_weights(gram: np.ndarray, dtype: torch.dtype = torch.float64, length: int = 1) -> np.ndarray:
@@ -14,21 +14,16 @@ def impartial_weights(gram: np.ndarray, dtype: torch.dtype = torch.float64, leng
     ``u_i = g_i / |g_i|``: ``g . u_i = c`` for all ``i``. With ``D = diag |g_i|`` and the
     normalised Gramian ``C = D^-1 G D^-1`` (``C = U U^T``) that is ``C D alpha = c 1``, so
     ``alpha = D^-1 C^+ 1 / (1^T D^-1 C^+ 1)``; the paper's form ``alpha_{2:T} = g_1 U^T (D U^T)^{-1}``
-    (eq. 7) is the same system. ``C^+`` keeps the :func:`gramian_rank` largest eigenvalues
-    (rounding of ``dtype`` gradients of ``length`` entries is not a direction). A task whose gradient is zero
-    takes no part and gets 0; all zero gives all 0.
+    (eq. 7) is the same system. ``C^+`` keeps the genuine directions
+    (:func:`~mtmm_plugins.weightings.solvers.unit_pseudo_solve`: rounding of ``dtype`` gradients
+    of ``length`` entries is not a direction). A task whose gradient is zero takes no part and
+    gets 0; all zero gives all 0.
     """
-    count = gram.shape[0]
+    alpha = np.zeros(gram.shape[0])
     nonzero = nonzero_gradients(gram)
-    alpha = np.zeros(count)
-    rank = gramian_rank(gram, dtype, length)
-    if rank == 0:
+    if not nonzero.any():
         return alpha
-    norms = np.sqrt(np.diag(gram)[nonzero])
-    normalised = gram[np.ix_(nonzero, nonzero)] / np.outer(norms, norms)
-    eigenvalues, vectors = np.linalg.eigh(normalised)  # ascending: the last `rank` are kept
-    kept, basis = eigenvalues[-rank:], vectors[:, -rank:]
-    scaled = (basis @ ((basis.T @ np.ones(len(norms))) / kept)) / norms  # D^-1 C^+ 1
+    scaled = unit_pseudo_solve(gram, np.ones(gram.shape[0]), dtype, length)[nonzero]  # D^-1 C^+ 1
     total = scaled.sum()
     if not np.isfinite(total) or total == 0:
         alpha[nonzero] = 1.0 / nonzero.sum()

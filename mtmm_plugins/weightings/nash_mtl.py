@@ -15,7 +15,6 @@ import torch
 from mtmm_plugins.weightings.gradient_base import GramianWeighting
 from mtmm_plugins.weightings.solvers import min_norm_weights, nonzero_gradients, power_balance_weights
 
-EPS64 = float(np.finfo(np.float64).eps)
 
 
 def gramian_eps(dtype: torch.dtype) -> float:
@@ -64,7 +63,7 @@ def deadlock_structure(gram: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray
         if float(alpha @ unit @ alpha) > limit:  # the usual case: nothing deadlocked
             return stuck, np.zeros((count, 0)), np.zeros((0, 0))
     values, vectors = np.linalg.eigh(unit)
-    rounding = count * gramian_eps(dtype)  # as solvers.gramian_rank: eigenvalues below are noise
+    rounding = count * gramian_eps(dtype)  # solvers.normalised_gramian's cut-off, taken at P = 1
     keep = values > rounding * float(values.max())
     coordinates = np.zeros((count, int(keep.sum())))
     coordinates[nonzero] = vectors[:, keep] * np.sqrt(values[keep])
@@ -89,85 +88,6 @@ def deadlock_structure(gram: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray
 def deadlocked_tasks(gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     """Bool ``[t]``: the deadlocked tasks of :func:`deadlock_structure`."""
     return deadlock_structure(gram, dtype)[0]
-
-
-def _barrier(w: np.ndarray, power: float) -> np.ndarray:
-    """``phi(w)`` with ``phi'(w) = w^(-power)``."""
-    return np.log(w) if power == 1 else w ** (1 - power) / (1 - power)
-
-
-def _objective(gram: np.ndarray, power: float, w: np.ndarray) -> float:
-    """``1/2 w^T G w - sum_i phi(w_i)``, strictly convex on ``w > 0``; ``G w = w^(-p)`` is its minimiser."""
-    return 0.5 * float(w @ gram @ w) - float(_barrier(w, power).sum())
-
-
-def _residual(gram: np.ndarray, power: float, w: np.ndarray) -> float:
-    """The residual of ``G w = w^(-p)`` relative to the size of its terms (a backward error):
-    ``max_i |(G w)_i - w_i^(-p)| / ((|G| w)_i + w_i^(-p))``.
-
-    Relative to ``w_i^(-p)`` alone it can be unattainable in float64: for large ``p`` a task
-    whose ``g_i . d = w_i^(-p)`` is tiny next to the other terms of ``(G w)_i`` is a cancellation.
-    """
-    rhs = w ** (-power)
-    return float((np.abs(gram @ w - rhs) / (np.abs(gram) @ w + rhs)).max())
-
-
-def _newton(gram: np.ndarray, power: float, w: np.ndarray, max_iterations: int = 100) -> np.ndarray:
-    """Newton's method from ``w > 0`` on :func:`_objective`, to the residual (:func:`_residual`) ``4 t eps64``.
-
-    Far from the solution (residual above 0.1, or when a full step would not lower it)
-    the step is damped to keep ``w`` positive and to decrease the objective; near it, full steps
-    converge quadratically. Stops when the residual has not fallen for three iterations.
-    """
-    target = 4 * w.shape[0] * EPS64
-    best, best_residual, stalled = w, _residual(gram, power, w), 0
-    for _ in range(max_iterations):
-        if best_residual <= target or stalled >= 3:
-            break
-        gradient = gram @ w - w ** (-power)
-        hessian = gram + np.diag(power * w ** (-power - 1))
-        scale = 1.0 / np.sqrt(np.diag(hessian))  # Jacobi scaling: the system is solved at unit diagonal
-        step = -scale * np.linalg.solve(hessian * np.outer(scale, scale), scale * gradient)
-        shrinking = step < 0
-        t = min(1.0, 0.9 * float((-w[shrinking] / step[shrinking]).min())) if shrinking.any() else 1.0
-        current = _residual(gram, power, w)
-        if not (current < 0.1 and _residual(gram, power, w + t * step) < current):
-            decrement, value = float(-gradient @ step), _objective(gram, power, w)
-            while t > 1e-12 and not _objective(gram, power, w + t * step) <= value - 0.25 * t * decrement:
-                t /= 2
-        w = w + t * step
-        value = _residual(gram, power, w)
-        if value < best_residual:
-            best, best_residual, stalled = w, value, 0
-        else:
-            stalled += 1
-    return best
-
-
-def _solve_power_balance(gram: np.ndarray, power: float) -> np.ndarray:
-    """``w > 0`` with ``G w = w^(-p)`` for a Gramian with no deadlocked task (positive diagonal).
-
-    ``G`` is scaled to a unit diagonal maximum ``s`` first (the answer for ``G`` is
-    ``s^(-1/(1+p))`` times that for ``G / s``). :func:`power_balance_weights` gives a first
-    estimate, not the answer: its tolerance applies to the Newton decrement (about the squared
-    residual), so it stops at relative residuals up to ~1e-6; far from ``p = 1`` with gradients
-    of unequal norms the weights of tasks that contribute little can be far off; it raises on a
-    singular Hessian. So the start is whichever of its answer (when positive and finite) and
-    the orthogonal-gradient solution ``w_i = G_ii^(-1/(1+p))`` has the lower objective, and
-    :func:`_newton` finishes to rounding.
-    """
-    scale = float(np.diag(gram).max())
-    gram = gram / scale
-    starts = [np.maximum(np.diag(gram), EPS64) ** (-1 / (1 + power))]
-    with np.errstate(all="ignore"):
-        try:
-            starts.append(power_balance_weights(gram, power))
-        except np.linalg.LinAlgError:
-            pass
-        usable = [w for w in starts if np.isfinite(w).all() and (w > 0).all()
-                  and np.isfinite(_objective(gram, power, w))]
-        w = min(usable, key=lambda x: _objective(gram, power, x)) if usable else starts[0]
-        return _newton(gram, power, w) * scale ** (-1 / (1 + power))
 
 
 def bargaining_weights(gram: np.ndarray, power: float, dtype: torch.dtype) -> np.ndarray:
@@ -202,11 +122,11 @@ def bargaining_weights(gram: np.ndarray, power: float, dtype: torch.dtype) -> np
     norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
     rows = np.flatnonzero(stuck & nonzero_gradients(gram))  # the deadlocked tasks with a direction
     if rows.size == 0:  # nothing deadlocked but zero gradients: solved without them
-        weights[free] = _solve_power_balance(gram[np.ix_(free, free)], power)
+        weights[free] = power_balance_weights(gram[np.ix_(free, free)], power)
         return weights
     inside = (coordinates[free] @ basis) @ basis.T  # the free unit gradients' parts in the deadlocked span
     outside = norms[free][:, None] * (coordinates[free] - inside)  # the free gradients projected off it
-    weights[free] = _solve_power_balance(outside @ outside.T, power)
+    weights[free] = power_balance_weights(outside @ outside.T, power)
     # the deadlocked gradients cancel the part of sum_R w_j g_j in their span: least squares on unit rows
     part = (weights[free] * norms[free]) @ inside
     rounding = count * gramian_eps(dtype)  # the cut-off deadlock_structure's span basis uses

@@ -10,11 +10,14 @@ depend on how differently the tasks' gradients are scaled.
 - :func:`min_norm_weights`: MGDA's min-norm point of the convex hull.
 - :func:`power_balance_weights`: ``G w = w^(-p)`` with ``w > 0``: Nash-MTL (``p = 1``) and
   FairGrad (``p = 1 / alpha``).
-- :func:`gramian`, :func:`nonzero_gradients` and :func:`gramian_rank`: the Gramian as a
-  float64 array, and how many independent directions it holds at the gradients' precision.
+- :func:`gramian`, :func:`normalised_gramian`, :func:`gramian_rank` and
+  :func:`unit_pseudo_solve`: the Gramian as a float64 array, the independent directions it
+  holds at the gradients' precision, and the pseudo-inverse on them.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -55,22 +58,53 @@ def nonzero_gradients(gram: np.ndarray) -> np.ndarray:
     return norms > 1e-20 * norms.max(initial=0.0) if norms.max(initial=0.0) > 0 else np.zeros(len(norms), bool)
 
 
-def gramian_rank(gram: np.ndarray, dtype: torch.dtype, length: int = 1) -> int:
-    """The number of independent gradients among the non-zero ones, judged at ``dtype``'s precision.
+class NormalisedGramian(NamedTuple):
+    """The non-zero gradients' normalised Gramian ``C = D^-1 G D^-1``, reduced to its genuine directions."""
 
-    The rank is read off the *normalised* Gramian ``D^-1 G D^-1`` (``D = diag |g_i|``), whose
-    rounding errors are of order ``eps(dtype)`` in every entry whatever the norms: the
-    eigenvalues of ``G`` itself mix the tasks' scales, so a cut-off relative to its largest
-    one would drop a genuine direction of a gradient 1e4 times smaller than another.
-    ``length`` is the number of entries ``P`` of each gradient (:func:`rank_tolerance`).
+    nonzero: np.ndarray  #: bool ``[t]``: the tasks with a non-zero gradient
+    norms: np.ndarray  #: ``[n]``: their norms ``|g_i|`` (``D``)
+    eigenvalues: np.ndarray  #: ``[r]``: the ``r`` largest eigenvalues of ``C`` (``r`` = the rank)
+    basis: np.ndarray  #: ``[n, r]``: their eigenvectors
+
+
+def normalised_gramian(gram: np.ndarray, dtype: torch.dtype, length: int = 1) -> NormalisedGramian:
+    """``C = D^-1 G D^-1`` over the non-zero gradients (``D = diag |g_i|``), keeping its genuine directions.
+
+    The rank is read off ``C``, whose rounding errors are of order ``eps(dtype)`` in every
+    entry whatever the norms: the eigenvalues of ``G`` itself mix the tasks' scales, so a
+    cut-off relative to its largest one would drop a genuine direction of a gradient 1e4
+    times smaller than another. Eigenvalues at or below :func:`rank_tolerance` (``length`` =
+    the number of entries ``P`` of each gradient) are dropped.
     """
     nonzero = nonzero_gradients(gram)
-    if not nonzero.any():
-        return 0
     norms = np.sqrt(np.diag(gram)[nonzero])
+    if not nonzero.any():
+        return NormalisedGramian(nonzero, norms, np.zeros(0), np.zeros((0, 0)))
     normalised = gram[np.ix_(nonzero, nonzero)] / np.outer(norms, norms)
-    eigenvalues = np.linalg.eigvalsh(normalised)
-    return int((eigenvalues > rank_tolerance(eigenvalues, dtype, len(norms), length)).sum())
+    eigenvalues, vectors = np.linalg.eigh((normalised + normalised.T) / 2)  # ascending
+    keep = eigenvalues > rank_tolerance(eigenvalues, dtype, len(norms), length)
+    return NormalisedGramian(nonzero, norms, eigenvalues[keep], vectors[:, keep])
+
+
+def gramian_rank(gram: np.ndarray, dtype: torch.dtype, length: int = 1) -> int:
+    """The number of independent gradients among the non-zero ones, judged at ``dtype``'s precision
+    (:func:`normalised_gramian`)."""
+    return len(normalised_gramian(gram, dtype, length).eigenvalues)
+
+
+def unit_pseudo_solve(gram: np.ndarray, rhs: np.ndarray, dtype: torch.dtype, length: int = 1) -> np.ndarray:
+    """``c = D^-1 C^+ rhs`` ``[t]`` (0 for a zero gradient): ``J^T c = pinv(U) rhs`` for the unit gradients ``U``.
+
+    ``C^+`` is the pseudo-inverse of the normalised Gramian on its genuine directions
+    (:func:`normalised_gramian`); IMTL-G (``rhs = 1``) and ConFIG (``rhs`` = preferences) use it.
+    """
+    reduced = normalised_gramian(gram, dtype, length)
+    solution = np.zeros(gram.shape[0])
+    if len(reduced.eigenvalues):
+        basis = reduced.basis
+        inverse = basis @ ((basis.T @ np.asarray(rhs, np.float64)[reduced.nonzero]) / reduced.eigenvalues)
+        solution[reduced.nonzero] = inverse / reduced.norms
+    return solution
 
 
 def nonnegative_qp(quadratic: np.ndarray, linear: np.ndarray, *, simplex: bool = False,
@@ -160,53 +194,82 @@ def min_norm_weights(gram: np.ndarray) -> np.ndarray:
     return nonnegative_qp(gram, np.zeros(gram.shape[0]), simplex=True)
 
 
-def power_balance_weights(gram: np.ndarray, power: float, *, tol: float = 1e-15,
-                          max_iterations: int = 100) -> np.ndarray:
+def power_balance_weights(gram: np.ndarray, power: float, max_iterations: int = 100) -> np.ndarray:
     """``w > 0`` ``[T]`` with ``G w = w^(-power)`` elementwise (``power > 0``), by Newton's method.
 
     It is the minimiser of the strictly convex ``1/2 w^T G w - sum_i phi(w_i)`` with
-    ``phi' (w) = w^(-power)`` (``phi = log`` for ``power = 1``). ``G`` is first scaled to a
-    unit diagonal maximum ``s`` (the answer for ``s G`` is ``s^(-1 / (1 + power))`` times the
-    one for ``G``), and the iteration starts from ``G_ii^(-1 / (1 + power))``, the answer for
-    orthogonal gradients. Each Newton step is damped to keep ``w`` positive and to decrease
-    the objective; it stops when the relative residual is below ``tol``. The problem has no
-    solution when a zero gradient or cancelling gradients let the objective fall for ever:
-    the iteration then stops at ``max_iterations`` with large ``w`` (the Nash-MTL and
-    FairGrad classes leave such tasks out first).
+    ``phi'(w) = w^(-power)`` (``phi = log`` for ``power = 1``). ``G`` is first scaled to a unit
+    diagonal maximum ``s`` (the answer for ``s G`` is ``s^(-1 / (1 + power))`` times the one for
+    ``G``), and the iteration starts from ``G_ii^(-1 / (1 + power))``, the answer for orthogonal
+    gradients (:func:`_balance_newton`). Far from ``power = 1`` with norms spread over many
+    decades that start can leave a task that contributes little stuck at a wrong weight; the
+    solve is then repeated from ``w_1^(2 / (1 + power))``, ``w_1`` the answer for ``power = 1``
+    (exact for orthogonal gradients too), and the better of the two is returned. The problem
+    has no solution when a zero gradient or cancelling gradients let the objective fall for
+    ever (``w`` then grows): Nash-MTL and FairGrad leave such tasks out first.
     """
     if power <= 0:
         raise ValueError(f"power must be > 0, got {power}")
     g = np.asarray(gram, dtype=np.float64)
     scale = max(float(np.abs(np.diag(g)).max(initial=0.0)), np.finfo(np.float64).tiny)
     g = (g + g.T) / (2 * scale)
-
-    def barrier(w: np.ndarray) -> np.ndarray:
-        return np.log(w) if power == 1 else w ** (1 - power) / (1 - power)
-
-    def objective(w: np.ndarray) -> float:
-        return 0.5 * float(w @ g @ w) - float(barrier(w).sum())
-
-    w = np.maximum(np.diag(g), 1e-12) ** (-1 / (1 + power))
-    for _ in range(max_iterations):
-        target = w ** (-power)
-        gradient = g @ w - target
-        if np.abs(gradient).max() <= tol * np.abs(target).max():
-            break
-        hessian = g + np.diag(power * w ** (-power - 1))
-        try:
-            step = np.linalg.solve(hessian, -gradient)
-        except np.linalg.LinAlgError:
-            step = np.linalg.lstsq(hessian, -gradient, rcond=None)[0]
-        decrement = float(-gradient @ step)
-        if not decrement > 0:
-            break
-        shrinking = step < 0
-        t = min(1.0, 0.99 * float((-w[shrinking] / step[shrinking]).min())) if shrinking.any() else 1.0
-        current = objective(w)
-        if decrement > 1e3 * EPS64 * (1 + abs(current)):  # else the objective cannot tell: a full step
-            while t > 1e-12 and objective(w + t * step) > current - 0.25 * t * decrement:
-                t /= 2
-            if t <= 1e-12:
-                break
-        w = w + t * step
+    start = np.maximum(np.diag(g), EPS64) ** (-1 / (1 + power))
+    w, error = _balance_newton(g, power, start, max_iterations)
+    if error > 4 * len(start) * EPS64 and power != 1:
+        nash, _ = _balance_newton(g, 1.0, np.maximum(np.diag(g), EPS64) ** -0.5, max_iterations)
+        other, other_error = _balance_newton(g, power, nash ** (2 / (1 + power)), max_iterations)
+        if other_error < error:
+            w = other
     return w * scale ** (-1 / (1 + power))
+
+
+def _balance_newton(g: np.ndarray, power: float, w: np.ndarray, max_iterations: int) -> tuple[np.ndarray, float]:
+    """Newton's method for ``G w = w^(-p)`` from ``w > 0``; the best iterate and its :func:`_balance_error`.
+
+    Far from the solution (backward error above 0.1, or where a full step would not lower it)
+    each step is damped to keep ``w`` positive and to decrease the objective (or, below the
+    objective's rounding, the error); near it, full steps converge quadratically. It stops at a
+    backward error of ``4 T eps64`` or when, near the answer, that has not fallen for three steps.
+    """
+    def objective(w: np.ndarray) -> float:
+        barrier = np.log(w) if power == 1 else w ** (1 - power) / (1 - power)
+        return 0.5 * float(w @ g @ w) - float(barrier.sum())
+
+    target = 4 * w.shape[0] * EPS64
+    best, best_error, stalled = w, _balance_error(g, power, w), 0
+    with np.errstate(all="ignore"):
+        for _ in range(max_iterations):
+            if best_error <= target or stalled >= 3:
+                break
+            gradient = g @ w - w ** (-power)
+            hessian = g + np.diag(power * w ** (-power - 1))
+            jacobi = 1.0 / np.sqrt(np.diag(hessian))  # the system solved at unit diagonal
+            step = -jacobi * np.linalg.solve(hessian * np.outer(jacobi, jacobi), jacobi * gradient)
+            shrinking = step < 0
+            t = min(1.0, 0.9 * float((-w[shrinking] / step[shrinking]).min())) if shrinking.any() else 1.0
+            error = _balance_error(g, power, w)
+            if not (error < 0.1 and _balance_error(g, power, w + t * step) < error):
+                decrement, value = float(-gradient @ step), objective(w)
+                if decrement > 1e3 * EPS64 * (1 + abs(value)):  # the objective can tell: Armijo on it
+                    while t > 1e-12 and not objective(w + t * step) <= value - 0.25 * t * decrement:
+                        t /= 2
+                else:  # below the objective's rounding: backtrack on the error instead
+                    while t > 1e-12 and not _balance_error(g, power, w + t * step) < error:
+                        t /= 2
+            w = w + t * step
+            error = _balance_error(g, power, w)
+            if error < best_error:
+                best, best_error, stalled = w, error, 0
+            elif best_error < 0.1:  # far from the answer the damped steps lower the objective, not the error
+                stalled += 1
+    return best, best_error
+
+
+def _balance_error(gram: np.ndarray, power: float, w: np.ndarray) -> float:
+    """The backward error of ``G w = w^(-p)``: ``max_i |(G w)_i - w_i^(-p)| / ((|G| w)_i + w_i^(-p))``.
+
+    Relative to ``w_i^(-p)`` alone it can be unattainable in float64: for large ``p`` a task
+    whose ``g_i . d = w_i^(-p)`` is tiny next to the other terms of ``(G w)_i`` is a cancellation.
+    """
+    rhs = w ** (-power)
+    return float((np.abs(gram @ w - rhs) / (np.abs(gram) @ w + rhs)).max())

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mtmm_plugins.weightings.gradient_base import GramianWeighting
-from mtmm_plugins.weightings.solvers import gramian_rank, nonnegative_qp, nonzero_gradients
+from mtmm_plugins.weightings.solvers import nonnegative_qp, normalised_gramian
 
 
 def preference_vector(preferences: list[float] | dict[str, float] | None, tasks: list[str],
@@ -57,7 +57,8 @@ def present_preferences(preferences: np.ndarray | None, active: torch.Tensor, co
     return preferences[active.cpu().numpy()]
 
 
-def dual_cone_weights(gram: np.ndarray, targets: np.ndarray, dtype: torch.dtype = torch.float64) -> np.ndarray:
+def dual_cone_weights(gram: np.ndarray, targets: np.ndarray, dtype: torch.dtype = torch.float64,
+                      length: int = 1) -> np.ndarray:
     """``V`` ``[m, t]``: row ``k`` is ``argmin_{v >= u_k} v^T G v`` for row ``u_k`` of ``targets`` ``[m, t]``.
 
     ``J^T v`` is then the projection of ``J^T u`` onto the dual cone ``{x : J x >= 0}`` of the
@@ -66,22 +67,18 @@ def dual_cone_weights(gram: np.ndarray, targets: np.ndarray, dtype: torch.dtype 
     on the normalised Gramian ``C = D^-1 G D^-1`` (``D = diag |g_i|``) with ``D u`` scaled to a
     unit maximum: the problem is the same (``v^T G v = (D v)^T C (D v)``, ``v >= u`` iff
     ``D v >= D u``), and the solver's tolerances then do not depend on how the gradients'
-    norms differ. ``C`` keeps its :func:`gramian_rank` largest eigenvalues (rounding at
-    ``dtype``'s precision is not a direction, and a negative rounding eigenvalue would make the
+    norms differ. ``C`` keeps its genuine directions (:func:`normalised_gramian`: rounding of
+    ``dtype`` gradients of ``length`` entries is not a direction, and a negative rounding eigenvalue would make the
     problem non-convex). A zero gradient constrains nothing and is left out with ``v_i = 0``.
     """
     gram = np.asarray(gram, dtype=np.float64)
     targets = np.atleast_2d(np.asarray(targets, dtype=np.float64))
     solution = np.zeros_like(targets)
-    nonzero = nonzero_gradients(gram)
-    rank = gramian_rank(gram, dtype)
-    if rank == 0:
+    reduced = normalised_gramian(gram, dtype, length)
+    if len(reduced.eigenvalues) == 0:
         return solution
-    norms = np.sqrt(np.diag(gram)[nonzero])
-    normalised = gram[np.ix_(nonzero, nonzero)] / np.outer(norms, norms)
-    eigenvalues, vectors = np.linalg.eigh((normalised + normalised.T) / 2)  # ascending
-    basis = vectors[:, -rank:]
-    cleaned = (basis * eigenvalues[-rank:]) @ basis.T
+    nonzero, norms = reduced.nonzero, reduced.norms
+    cleaned = (reduced.basis * reduced.eigenvalues) @ reduced.basis.T
     for row, target in enumerate(targets):
         scaled = norms * target[nonzero]  # D u
         size = float(np.abs(scaled).max(initial=0.0))
@@ -130,5 +127,5 @@ class UnconflictingProjection(GramianWeighting):
     def weights_from_gramian(self, gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:
         count = gram.shape[0]
         preferences = present_preferences(self.preferences, self.active, count)
-        projections = dual_cone_weights(gram, np.eye(count), dtype)  # row i: v_i
+        projections = dual_cone_weights(gram, np.eye(count), dtype, self.gradient_length)  # row i: v_i
         return preferences @ projections
