@@ -63,7 +63,8 @@ def conflict_averse_simplex_weights(gram: np.ndarray, c: float, tol: float = 1e-
     minimum over ``lam`` is where ``lam^2 = w(lam)^T G w(lam)``. That root of a monotone
     function is bracketed and narrowed by the Illinois method in ``log lam``; at each step
     the support found is tried for the closed-form solution on it, which ends the search
-    as soon as the support is the optimal one (usually at once).
+    as soon as the support is the optimal one (usually at once) and the exact QP at the
+    ``lam`` it gives confirms it.
     """
     count = gram.shape[0]
     linear = gram.sum(axis=1) / count
@@ -78,7 +79,16 @@ def conflict_averse_simplex_weights(gram: np.ndarray, c: float, tol: float = 1e-
     top = math.log(math.sqrt(max(float(np.diag(gram).max()), np.finfo(np.float64).tiny)))
     high, low = top + 1e-3, top - 14.0  # below e^-14 |g_max|, w^T G w is rounding noise
     w_high, f_high = inner(high)
-    exact = _solution_on_support(gram, linear, k, w_high > 0)
+
+    def confirmed(candidate: np.ndarray | None) -> np.ndarray | None:
+        """The exact, well-scaled QP's ``w`` at the closed form's ``lam``, if ``lam^2 = w^T G w`` holds there
+        (the closed form's own solves lose accuracy with the gradients' conditioning)."""
+        if candidate is None:
+            return None
+        w, f = inner(0.5 * math.log(max(float(candidate @ gram @ candidate), np.finfo(np.float64).tiny)))
+        return w if abs(f) <= 1e-10 else None
+
+    exact = confirmed(_solution_on_support(gram, linear, k, w_high > 0))
     if exact is not None:
         return exact
     w_low, f_low = inner(low)
@@ -93,7 +103,7 @@ def conflict_averse_simplex_weights(gram: np.ndarray, c: float, tol: float = 1e-
         support = w > 0
         if support.tobytes() not in tried:
             tried.add(support.tobytes())
-            exact = _solution_on_support(gram, linear, k, support)
+            exact = confirmed(_solution_on_support(gram, linear, k, support))
             if exact is not None:
                 return exact
         if f_middle == 0 or high - low <= tol * max(1.0, abs(high)):
