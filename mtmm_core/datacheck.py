@@ -2,11 +2,19 @@
 
 ``check_dataset(path)`` lists every problem of a folder (file, field, row, message)
 while reading the arrays in bounded chunks, so a folder larger than memory can be checked.
+``check_against_config(path, config)`` adds the problems of training a config's model on it
+(``check_model_fit(model_spec, dataset)`` is that comparison for a data set already loaded).
+
+Every file named in dataset.yaml must lie inside the data folder: a relative path without
+``..`` whose real path (symlinks followed) is inside the folder's real path
+(:func:`resolve_inside`).
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +38,12 @@ SPLIT_KEYS = ("file", "seed", "fractions")
 DEFAULT_SPLITS = {"fractions": [0.8, 0.1, 0.1]}  # seed: dataset.yaml's, else data.seed, else 0
 CHUNK_BYTES = 32 * 2**20  # how much of an array one scanning step reads
 SHOWN_ROWS = 5  # rows quoted in one problem's message
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # values reach the model as float32: value * scale must stay below
+SCALE_RANGE = (1e-12, 1e12)  # a modality's scale: a finite number in this range
+MAX_CLASSES = 100_000  # num_classes of a classification task, and K of [N, K] labels
+MAX_SAMPLE_VALUES = 2**26  # values in one sample: an array row, or the longest sequence's frames x features
+CONFINEMENT = ("file names must be relative paths inside the data folder, without '..', "
+               "and a symlink must point inside the folder")
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,45 @@ class Problem:
 def is_data_folder(name: Any) -> bool:
     """Whether ``name`` is a path to a folder holding ``dataset.yaml``."""
     return isinstance(name, (str, Path)) and (Path(name) / CONFIG_FILE).is_file()
+
+
+def locate(root: Path, name: Any) -> tuple[Path | None, str | None]:
+    """``(real path, None)`` for a file name of dataset.yaml that stays inside the folder ``root``,
+    else ``(None, why not)``: not a non-empty string, absolute, with a ``..`` part, or resolving
+    (through a symlink) outside ``root.resolve()``."""
+    if not isinstance(name, str) or not name:
+        return None, f"expected a file name relative to the data folder, got {name!r}"
+    if "\x00" in name:
+        return None, f"{name!r} is not a valid file name (it holds a NUL character)"
+    if Path(name).is_absolute():
+        return None, f"{name!r} is an absolute path; {CONFINEMENT}"
+    if ".." in Path(name).parts:
+        return None, f"{name!r} goes up with '..'; {CONFINEMENT}"
+    try:
+        base = root.resolve()
+        path = (base / name).resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        return None, f"{name!r} cannot be resolved ({error}); {CONFINEMENT}"
+    if path != base and base not in path.parents:
+        return None, f"{name!r} resolves to {path} (through a symlink), outside the data folder {base}; {CONFINEMENT}"
+    return path, None
+
+
+def resolve_inside(root: str | Path, name: Any, field: str) -> Path:
+    """The real path of the file ``name`` (named at ``field`` of dataset.yaml) inside the data
+    folder ``root``; a ValueError naming the field and the name when it would leave the folder."""
+    path, reason = locate(Path(root), name)
+    if path is None:
+        raise ValueError(f"{Path(root) / CONFIG_FILE}: {field}: {reason}")
+    return path
+
+
+def scale_problem(value: Any) -> str | None:
+    """Why ``value`` is not a valid ``scale`` of a modality (None when it is)."""
+    low, high = SCALE_RANGE
+    if not _number(value) or not math.isfinite(value) or not low <= value <= high:
+        return f"expected a finite number in [{low:g}, {high:g}] (the values are multiplied by it), got {value!r}"
+    return None
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -113,8 +166,8 @@ def _number(value: Any) -> bool:
 class _Checker:
     """Collects problems while reading a folder; ``N`` (and where it came from) fixed by the first array."""
 
-    def __init__(self, root: Path, chunk_bytes: int):
-        self.root, self.chunk_bytes = root, chunk_bytes
+    def __init__(self, root: Path, chunk_bytes: int, scan: bool = True):
+        self.root, self.chunk_bytes, self.scan = root, chunk_bytes, scan
         self.problems: list[Problem] = []
         self.rows: int | None = None
         self.rows_source = ""
@@ -145,9 +198,12 @@ class _Checker:
             if key in entry:
                 self.add(CONFIG_FILE, f"{field}.{key}", None, f"expected a file name, got {name!r}")
             return None
-        path = self.root / name
+        path, reason = locate(self.root, name)
+        if path is None:
+            self.add(name, f"{field}.{key}", None, reason)
+            return None
         if not path.is_file():
-            self.add(name, f"{field}.{key}", None, f"file not found (looked for {path})")
+            self.add(name, f"{field}.{key}", None, f"file not found (looked for {self.root / name})")
             return None
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -171,18 +227,19 @@ class _Checker:
         return True
 
 
-def check_dataset(path: str | Path, *, chunk_bytes: int = CHUNK_BYTES) -> list[Problem]:
+def check_dataset(path: str | Path, *, chunk_bytes: int = CHUNK_BYTES, scan: bool = True) -> list[Problem]:
     """Every problem of the data folder at ``path`` (an empty list when it is valid).
 
     Arrays are memory-mapped and scanned ``chunk_bytes`` at a time, so checking a data
-    set larger than memory works.
+    set larger than memory works. ``scan=False`` checks only dataset.yaml and the files'
+    names, headers, dtypes and shapes, not the values (``FolderDataset(path, check=False)``).
     """
-    return _check(Path(path), chunk_bytes)[0]
+    return _check(Path(path), chunk_bytes, scan)[0]
 
 
-def _check(root: Path, chunk_bytes: int = CHUNK_BYTES) -> tuple[list[Problem], dict[str, Any]]:
+def _check(root: Path, chunk_bytes: int = CHUNK_BYTES, scan: bool = True) -> tuple[list[Problem], dict[str, Any]]:
     """The problems and, for a valid folder, what was learned (``N``, lengths of sequences)."""
-    checker = _Checker(root, chunk_bytes)
+    checker = _Checker(root, chunk_bytes, scan)
     spec = _read_yaml(checker)
     if spec is None:
         return checker.problems, {}
@@ -202,7 +259,7 @@ def _check(root: Path, chunk_bytes: int = CHUNK_BYTES) -> tuple[list[Problem], d
     for name, entry in tasks.items():
         _check_task(checker, str(name), entry)
     _check_splits(checker, spec.get("splits", DEFAULT_SPLITS))
-    if modalities and all(value is not None for value in presence.values()):
+    if scan and modalities and all(value is not None for value in presence.values()):
         _check_some_modality_present(checker, presence)
     return checker.problems, {"rows": checker.rows}
 
@@ -215,8 +272,12 @@ def _read_yaml(checker: _Checker) -> dict | None:
     if not (root / CONFIG_FILE).is_file():
         checker.add(CONFIG_FILE, "", None, f"missing: {root} has no {CONFIG_FILE} (see docs/data.md for the format)")
         return None
+    path, reason = locate(root, CONFIG_FILE)
+    if path is None:
+        checker.add(CONFIG_FILE, "", None, reason)
+        return None
     try:
-        spec = yaml.safe_load((root / CONFIG_FILE).read_text())
+        spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -251,13 +312,16 @@ def _check_modality(checker: _Checker, name: str, entry: Any):
     if kind is None:
         return None
     checker.keys(entry, field, *MODALITY_KEYS[kind].values())
-    if "scale" in entry and not _number(entry["scale"]):
-        checker.add(CONFIG_FILE, f"{field}.scale", None, f"expected a number, got {entry['scale']!r}")
+    scale = entry.get("scale", 1.0)
+    reason = scale_problem(scale)
+    if reason:
+        checker.add(CONFIG_FILE, f"{field}.scale", None, reason)
+        scale = 1.0
     ok, lengths = True, None
     if kind == "array":
-        ok = _check_array(checker, entry, field)
+        ok = _check_array(checker, entry, field, float(scale))
     else:
-        lengths = _check_sequence(checker, entry, field)
+        lengths = _check_sequence(checker, entry, field, float(scale))
         ok = lengths is not None
     present = None
     if "present" in entry:
@@ -267,31 +331,50 @@ def _check_modality(checker: _Checker, name: str, entry: Any):
 
 
 def _check_values(checker: _Checker, array: np.ndarray, file: str, field: str, sample_of=None,
-                  frames: bool = False) -> bool:
-    """A float or integer array whose values are all finite. For the frames of a sequence
-    (``frames``), ``sample_of`` maps a frame to its sample (None when the offsets are unusable)."""
+                  frames: bool = False, scale: float = 1.0) -> bool:
+    """A float or integer array whose values are all finite, also as float32 once multiplied by
+    ``scale``. For the frames of a sequence (``frames``), ``sample_of`` maps a frame to its
+    sample (None when the offsets are unusable)."""
     if array.dtype.kind not in "fiu":
         checker.add(file, field, None, f"expected float or integer values, got dtype {array.dtype}")
         return False
-    if array.dtype.kind != "f":
+    if not checker.scan:
         return True
-    bad, values = _scan_rows(array, lambda chunk: _per_row(~np.isfinite(chunk)))
-    if len(bad):
-        if not frames:
-            checker.add(file, field, int(bad[0]), f"non-finite values (NaN or inf) in {_shown(bad)}; "
-                                                  "mark a missing sample with a present file instead")
-        elif sample_of is None:
-            checker.add(file, field, None, f"non-finite values (NaN or inf) in {_shown(bad, word='frame')}")
-        else:
-            samples = np.unique(sample_of(bad))
-            checker.add(file, field, int(samples[0]),
-                        f"non-finite values (NaN or inf) in {_shown(samples)} "
-                        f"({_shown(bad, word='frame')}); give a missing sample length 0 instead")
-        return False
-    return True
+    ok = True
+    if array.dtype.kind == "f":
+        bad, _ = _scan_rows(array, lambda chunk: _per_row(~np.isfinite(chunk)))
+        if len(bad):
+            _report_rows(checker, file, field, bad, sample_of, frames, "non-finite values (NaN or inf)",
+                         "mark a missing sample with a present file instead" if not frames
+                         else "give a missing sample length 0 instead")
+            ok = False
+    largest = float(np.finfo(array.dtype).max if array.dtype.kind == "f"
+                    else max(abs(int(np.iinfo(array.dtype).min)), int(np.iinfo(array.dtype).max)))
+    if largest * scale > FLOAT32_MAX:  # float64 values, or a scale above 1: the float32 value may overflow
+        bad, _ = _scan_rows(array, lambda chunk: _per_row(
+            np.isfinite(chunk) & (np.abs(chunk.astype(np.float64)) * scale > FLOAT32_MAX)))
+        if len(bad):
+            _report_rows(checker, file, field, bad, sample_of, frames,
+                         f"values too large for float32 once multiplied by the scale {scale:g} "
+                         f"(|value| * scale > {FLOAT32_MAX:.4g})", "lower the scale or the values")
+            ok = False
+    return ok
 
 
-def _check_array(checker: _Checker, entry: dict, field: str) -> bool:
+def _report_rows(checker: _Checker, file: str, field: str, bad: np.ndarray, sample_of, frames: bool,
+                 what: str, advice: str) -> None:
+    """One problem for the rows (or, of a sequence, the frames and their samples) in ``bad``."""
+    if not frames:
+        checker.add(file, field, int(bad[0]), f"{what} in {_shown(bad)}; {advice}")
+    elif sample_of is None:
+        checker.add(file, field, None, f"{what} in {_shown(bad, word='frame')}")
+    else:
+        samples = np.unique(sample_of(bad))
+        checker.add(file, field, int(samples[0]), f"{what} in {_shown(samples)} ({_shown(bad, word='frame')}); "
+                                                  f"{advice}")
+
+
+def _check_array(checker: _Checker, entry: dict, field: str, scale: float = 1.0) -> bool:
     array = checker.open(entry, "file", field)
     if array is None:
         return False
@@ -301,11 +384,17 @@ def _check_array(checker: _Checker, entry: dict, field: str) -> bool:
         checker.add(file, field, None, f"expected shape [N, ...] with at least one feature axis (e.g. "
                                        f"[N, F] or [N, C, H, W]), got {list(array.shape)}")
         ok = False
+    else:
+        size = int(np.prod(array.shape[1:], dtype=np.int64))
+        if size == 0 or size > MAX_SAMPLE_VALUES:
+            checker.add(file, field, None, f"a sample holds {size} values (shape {list(array.shape[1:])}); "
+                                           f"expected between 1 and {MAX_SAMPLE_VALUES} per sample")
+            ok = False
     ok = checker.count(file, field, array.shape[0]) and ok
-    return _check_values(checker, array, file, field) and ok
+    return _check_values(checker, array, file, field, scale=scale) and ok
 
 
-def _check_sequence(checker: _Checker, entry: dict, field: str) -> np.ndarray | None:
+def _check_sequence(checker: _Checker, entry: dict, field: str, scale: float = 1.0) -> np.ndarray | None:
     """Check values and offsets; returns the per-sample lengths (a memory-mapped difference view)."""
     values = checker.open(entry, "values", field)
     offsets = checker.open(entry, "offsets", field)
@@ -324,11 +413,16 @@ def _check_sequence(checker: _Checker, entry: dict, field: str) -> np.ndarray | 
             if int(offsets[0]) != 0:
                 checker.add(file, ofield, 0, f"the first offset is {int(offsets[0])}, expected 0")
                 offsets_ok = False
-            drops = _decreasing(offsets, checker.chunk_bytes)
+            drops, longest, longest_row = _scan_offsets(offsets, checker.chunk_bytes) if checker.scan else ([], 0, 0)
             if len(drops):
                 checker.add(file, ofield, int(drops[0]),
                             f"offsets decrease (offsets[i + 1] < offsets[i]) at {_shown(drops)}: "
                             "offsets must be non-decreasing")
+                offsets_ok = False
+            elif values is not None and values.ndim == 2 and longest * values.shape[1] > MAX_SAMPLE_VALUES:
+                checker.add(file, ofield, longest_row,
+                            f"sample {longest_row} has {longest} frames of {values.shape[1]} values "
+                            f"({longest * values.shape[1]} values); expected at most {MAX_SAMPLE_VALUES} per sample")
                 offsets_ok = False
             if values is not None and values.ndim >= 1 and int(offsets[-1]) != len(values):
                 checker.add(file, ofield, len(offsets) - 1, f"the last offset is {int(offsets[-1])}, expected "
@@ -340,23 +434,29 @@ def _check_sequence(checker: _Checker, entry: dict, field: str) -> np.ndarray | 
         if values.ndim != 2:
             checker.add(file, vfield, None, f"expected frames [total, F], got shape {list(values.shape)}")
             values_ok = False
+        elif not 1 <= values.shape[1] <= MAX_SAMPLE_VALUES:
+            checker.add(file, vfield, None, f"expected frames [total, F] with 1 <= F <= {MAX_SAMPLE_VALUES} "
+                                            f"features, got shape {list(values.shape)}")
+            values_ok = False
         else:
             sample_of = (lambda frames: np.searchsorted(offsets, frames, side="right") - 1) if offsets_ok else None
-            values_ok = _check_values(checker, values, file, vfield, sample_of, frames=True)
+            values_ok = _check_values(checker, values, file, vfield, sample_of, frames=True, scale=scale)
     if not (offsets_ok and values_ok):
         return None
     return offsets
 
 
-def _decreasing(offsets: np.ndarray, chunk_bytes: int) -> np.ndarray:
-    """Rows ``i`` with ``offsets[i + 1] < offsets[i]``, scanned in chunks."""
-    found = []
+def _scan_offsets(offsets: np.ndarray, chunk_bytes: int) -> tuple[np.ndarray, int, int]:
+    """Rows ``i`` with ``offsets[i + 1] < offsets[i]``, the longest length and its row, scanned in chunks."""
+    found, longest, longest_row = [], 0, 0
     for start, stop in row_chunks(len(offsets) - 1, 2 * offsets.dtype.itemsize, chunk_bytes):
-        part = np.asarray(offsets[start:stop + 1]).astype(np.int64)
-        bad = np.flatnonzero(np.diff(part) < 0)
+        sizes = np.diff(np.asarray(offsets[start:stop + 1]).astype(np.int64))
+        bad = np.flatnonzero(sizes < 0)
         if len(bad):
             found.append(bad + start)
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+        if len(sizes) and int(sizes.max()) > longest:
+            longest, longest_row = int(sizes.max()), start + int(sizes.argmax())
+    return (np.concatenate(found) if found else np.zeros(0, dtype=np.int64)), longest, longest_row
 
 
 def _check_present(checker: _Checker, entry: dict, field: str) -> np.ndarray | None:
@@ -369,7 +469,7 @@ def _check_present(checker: _Checker, entry: dict, field: str) -> np.ndarray | N
                                        f"shape {list(present.shape)}")
         return None
     ok = checker.count(file, field, len(present))
-    if present.dtype.kind != "b":
+    if present.dtype.kind != "b" and checker.scan:
         bad, values = _scan_rows(present, lambda chunk: (chunk != 0) & (chunk != 1))
         if len(bad):
             checker.add(file, field, int(bad[0]), f"values other than 0 and 1 at {_shown(bad, values)}")
@@ -385,8 +485,9 @@ def _check_task(checker: _Checker, name: str, entry: Any) -> None:
     checker.keys(entry, field, *TASK_KEYS[kind].values())
     num_classes = entry.get("num_classes")
     if kind == "classification" and "num_classes" in entry and (
-            not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2):
-        checker.add(CONFIG_FILE, f"{field}.num_classes", None, f"expected an integer >= 2, got {num_classes!r}")
+            not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 2 <= num_classes <= MAX_CLASSES):
+        checker.add(CONFIG_FILE, f"{field}.num_classes", None,
+                    f"expected an integer in [2, {MAX_CLASSES}] (and above the largest label), got {num_classes!r}")
         num_classes = None
     labels = checker.open(entry, "file", field)
     if labels is None:
@@ -398,10 +499,16 @@ def _check_task(checker: _Checker, name: str, entry: Any) -> None:
     if labels.ndim > 2:
         checker.add(file, field, None, f"expected labels [N] or [N, K], got shape {list(labels.shape)}")
         return
+    if labels.ndim == 2 and not 1 <= labels.shape[1] <= MAX_CLASSES:
+        checker.add(file, field, None, f"expected labels [N, K] with 1 <= K <= {MAX_CLASSES}, "
+                                       f"got shape {list(labels.shape)}")
+        return
     checker.count(file, field, labels.shape[0])
     if labels.dtype.kind not in "biuf" or (labels.dtype.kind == "b" and kind != "binary"):
         checker.add(file, field, None, f"expected {'integer' if kind == 'classification' else 'float'} labels, "
                                        f"got dtype {labels.dtype}")
+        return
+    if not checker.scan:
         return
     floating = labels.dtype.kind == "f"
     if kind == "classification":
@@ -475,6 +582,8 @@ def _check_splits(checker: _Checker, spec: Any) -> None:
                                            f"got dtype {codes.dtype} shape {list(codes.shape)}")
             return
         checker.count(file, field, len(codes))
+        if not checker.scan:
+            return
         bad, values = _scan_rows(codes, lambda c: (c < 0) | (c > 2))
         if len(bad):
             checker.add(file, field, int(bad[0]), f"split codes outside {{0, 1, 2}} at {_shown(bad, values)} "
@@ -486,10 +595,10 @@ def _check_splits(checker: _Checker, spec: Any) -> None:
         sizes = dict(zip(SPLITS, counts.tolist()))
     else:
         seed, fractions = spec.get("seed", 0), spec.get("fractions", DEFAULT_SPLITS["fractions"])
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            checker.add(CONFIG_FILE, f"{field}.seed", None, f"expected an integer, got {seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            checker.add(CONFIG_FILE, f"{field}.seed", None, f"expected an integer >= 0, got {seed!r}")
         if (not isinstance(fractions, list) or len(fractions) != 3 or not all(map(_number, fractions))
-                or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6):
+                or not all(map(math.isfinite, fractions)) or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6):
             checker.add(CONFIG_FILE, f"{field}.fractions", None,
                         f"expected three non-negative numbers summing to 1 (train, validation, test), got {fractions!r}")
         elif checker.rows is not None:
@@ -522,4 +631,254 @@ def _check_some_modality_present(checker: _Checker, presence: dict[str, Any]) ->
                     f"no modality is present for {_shown(rows)}; every sample needs at least one")
 
 
-# -- the data set ------------------------------------------------------------------------------------
+
+# -- the data against a model ------------------------------------------------------------------------
+BUILTIN = "mtmm"  # the distribution of the built-in components, whose inputs are known below
+ENCODER_INPUTS = {  # built-in encoder -> (what one sample must be, the rank of its shape)
+    "cnn": ("images [C, H, W]", 3),
+    "patch_transformer": ("square images [C, S, S]", 3),
+    "sequence_transformer": ("frames [T, F]", 2),
+    "tabular": ("numeric features [F]", 1),
+}
+HEAD_TASK_KINDS = {"classification": "classification", "binary": "binary", "regression": "regression"}
+HEAD_SIZES = {"binary": "num_labels", "regression": "out_features"}  # head parameter: K of [N, K] labels
+
+
+@dataclass
+class _Part:
+    """An encoder or head of a model spec: its path in the config, the component, the parameters
+    the config gives and those it will be built with (the factory's defaults filled in)."""
+
+    path: str
+    component: Any
+    given: dict
+    params: dict
+
+    def said(self, key: str) -> str:
+        return f"{self.params.get(key)!r}" + ("" if key in self.given else " (the default)")
+
+    def number(self, key: str) -> int | None:
+        value = self.params.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def builtin(self) -> str | None:
+        return self.component.name if self.component.distribution == BUILTIN else None
+
+
+def _model_parts(model: Any) -> tuple[dict[str, _Part], dict[str, _Part] | None]:
+    """The encoders and (None when left out) the task heads of a config's ``model`` section.
+    A section that cannot be read (unknown component, unknown or mistyped parameter) raises SpecError."""
+    from mtmm_core.components import WIRING_ARGUMENTS, check_arguments, get_component
+    from mtmm_core.errors import AmbiguousComponentError, SpecError, UnknownComponentError
+
+    def part(kind: str, entry: Any, path: str, key: str) -> _Part:
+        if isinstance(entry, str):
+            name, given = entry, {}
+        elif isinstance(entry, dict) and isinstance(entry.get(key), str):
+            name, given = entry[key], {k: v for k, v in entry.items() if k != key}
+        else:
+            raise SpecError(path, f"expected a mapping with {key!r} (the {kind}'s name), got {entry!r}")
+        try:
+            component = get_component(kind, name)
+        except (UnknownComponentError, AmbiguousComponentError) as error:
+            raise SpecError(f"{path}.{key}", str(error)) from error
+        check_arguments(component, given, path, supplied=frozenset(WIRING_ARGUMENTS) | {"dim"})
+        params = {n: p.default for n, p in inspect.signature(component.factory).parameters.items()
+                  if p.default is not p.empty}
+        return _Part(path, component, given, {**params, **given})
+
+    if not isinstance(model, dict):
+        raise SpecError("model", f"expected a mapping with encoders, fusion (and tasks), got {model!r}")
+    encoders = model.get("encoders")
+    if not isinstance(encoders, dict) or not encoders:
+        raise SpecError("model.encoders", "expected a mapping of modality names to encoders, e.g. {image: {name: cnn}}")
+    parts = {str(m): part("encoder", e, f"model.encoders.{m}", "name") for m, e in encoders.items()}
+    tasks = model.get("tasks")
+    if tasks is None:
+        return parts, None
+    if not isinstance(tasks, dict) or not tasks:
+        raise SpecError("model.tasks", "expected a mapping of task names to heads, e.g. {digit: {head: classification, "
+                                       "num_classes: 10}}, or leave it out to take the tasks from the data")
+    return parts, {str(t): part("head", e, f"model.tasks.{t}", "head") for t, e in tasks.items()}
+
+
+def _suggestion(shape: list) -> str:
+    if len(shape) == 2:
+        return f"sequence_transformer with in_features: {shape[-1]}"
+    if len(shape) == 3 and shape[0] is not None:
+        return f"cnn or patch_transformer with in_channels: {shape[0]}"
+    if len(shape) == 1 and shape[0] is not None:
+        return f"tabular with num_numeric: {shape[0]}"
+    return "an encoder (mtmm list encoders) that takes samples of this shape"
+
+
+def check_model_fit(model: Any, dataset: Any, *, source: str = "config") -> list[Problem]:
+    """The problems of training the model of a config's ``model`` section on ``dataset`` (a
+    :class:`~mtmm_core.userdata.FolderDataset` or a registered data set), as Problems with
+    ``file=source`` and ``field`` the config key to change; empty when it fits.
+
+    Compared: the modalities with the encoders (one each, no encoder without data); per
+    encoder the sizes the config fixes (or the factory's defaults) against the data's sample
+    shape: ``in_channels`` (first axis), ``in_features`` (last axis), ``num_numeric``,
+    ``image_size``, the stages of ``cnn``, and ``max_len`` against the longest sequence (known
+    for a data folder); per task the head against the task kind, ``num_classes``, and
+    ``num_labels`` / ``out_features`` against K of ``[N, K]`` labels. Tasks left out of the
+    model come from the data (``complete_model_spec``) and fit, except ``[N, K]`` labels with K > 1.
+    A model section that cannot be read raises SpecError.
+    """
+    encoders, heads = _model_parts(model)
+    problems: list[Problem] = []
+
+    def add(field: str, message: str, row: int | None = None) -> None:
+        problems.append(Problem(source, field, row, message))
+
+    folder = callable(getattr(dataset, "sequence_stats", None))  # a data folder: float32 arrays, lengths known
+    stats = dataset.sequence_stats() if folder else {}
+    modalities = dict(dataset.modalities)
+    for modality, info in modalities.items():
+        if modality not in encoders:
+            add("model.encoders", f"has no encoder for the data's modality {modality!r}; every modality of the data "
+                                  f"needs one: add model.encoders.{modality}, e.g. "
+                                  f"{_suggestion(list(info.get('shape') or []))}")
+    for modality, part in encoders.items():
+        if modality not in modalities:
+            add(part.path, f"the data has no modality {modality!r} (its modalities: {', '.join(modalities)})"
+                           f"{_close(modality, list(modalities))}")
+        else:
+            _encoder_fit(add, modality, part, modalities[modality], stats.get(modality), folder)
+
+    tasks = dict(dataset.tasks)
+    if heads is None:
+        for task, info in tasks.items():
+            key = HEAD_SIZES.get(info.get("kind"))
+            if key and int(info.get(key, 1)) != 1:
+                add("model.tasks", f"is left out, so task {task!r} gets a {info['kind']} head with 1 output, but its "
+                                   f"labels are [N, {info[key]}]: write model.tasks with {task}: "
+                                   f"{{head: {info['kind']}, {key}: {info[key]}}} (and the other tasks)")
+        return problems
+    for task, part in heads.items():
+        if task not in tasks:
+            add(part.path, f"the data has no task {task!r} (its tasks: {', '.join(tasks)}){_close(task, list(tasks))}")
+        else:
+            _head_fit(add, task, part, tasks[task])
+    return problems
+
+
+def _encoder_fit(add, modality: str, part: _Part, info: dict, stats: dict | None, folder: bool) -> None:
+    shape = list(info.get("shape") or [])
+    sequence = bool(shape) and shape[0] is None
+    data = (f"the data's modality {modality!r} has samples "
+            f"[{', '.join('T' if size is None else str(size) for size in shape)}]")
+    name = part.builtin
+    if name == "text" and folder:
+        add(f"{part.path}.name", f"encoder text takes strings or integer byte ids, but a data folder gives float32 "
+                                 f"values ({data}); use {_suggestion(shape)}")
+        return
+    if name in ENCODER_INPUTS:
+        takes, rank = ENCODER_INPUTS[name]
+        if len(shape) != rank or (sequence and rank != 2):
+            add(f"{part.path}.name", f"encoder {name} takes {takes} per sample, but {data}; use {_suggestion(shape)}")
+            return
+    channels, features = part.number("in_channels"), part.number("in_features")
+    if channels is not None and len(shape) >= 2 and not sequence and shape[0] != channels:
+        add(f"{part.path}.in_channels", f"is {part.said('in_channels')}, but {data}: {shape[0]} "
+                                        f"channel{'s' if shape[0] != 1 else ''}; "
+                                        f"set in_channels: {shape[0]}")
+    if features is not None and shape and shape[-1] is not None and shape[-1] != features:
+        add(f"{part.path}.in_features", f"is {part.said('in_features')}, but {data}: {shape[-1]} features; "
+                                        f"set in_features: {shape[-1]}")
+    numeric = part.number("num_numeric")
+    if numeric is not None and len(shape) == 1 and shape[0] != numeric:
+        add(f"{part.path}.num_numeric", f"is {part.said('num_numeric')}, but {data}: {shape[0]} features; "
+                                        f"set num_numeric: {shape[0]}")
+    if name == "tabular" and folder and part.params.get("categories"):
+        add(f"{part.path}.categories", "takes a dict of numeric and categorical columns, but a data folder gives each "
+                                       "modality as one float32 array; leave categories out (give categorical "
+                                       "columns as numeric features, e.g. one-hot)")
+    if len(shape) == 3 and not sequence:
+        height, width = shape[1], shape[2]
+        size = part.number("image_size")
+        if size is not None and (height != size or width != size):
+            fix = f"set image_size: {height}" if height == width else "it takes square images only; use cnn"
+            add(f"{part.path}.image_size", f"is {part.said('image_size')}, but {data}: images {height}x{width}; {fix}")
+        if name == "cnn" and isinstance(part.params.get("channels"), (list, tuple)):
+            stages = len(part.params["channels"])
+            if min(height, width) < 2 ** stages:
+                most = max(0, int(math.floor(math.log2(max(1, min(height, width))))))
+                add(f"{part.path}.channels", f"has {stages} stages, which need images of at least "
+                                             f"{2 ** stages}x{2 ** stages} pixels, but {data}; give channels at most "
+                                             f"{most} entries")
+    max_len = part.number("max_len")
+    if max_len is not None and len(shape) == 2:
+        longest, row = (stats["longest"], stats["longest_row"]) if sequence and stats else (shape[0], None)
+        if longest is not None and longest > max_len:
+            where = "" if row is None else f" (sample row {row})"
+            add(f"{part.path}.max_len", f"is {part.said('max_len')}, but the data's modality {modality!r} has a "
+                                        f"sequence of {longest} frames{where}, longer than max_len; set "
+                                        f"{part.path}.max_len to at least {longest} (or shorten the sequences)", row)
+
+
+def _head_fit(add, task: str, part: _Part, info: dict) -> None:
+    name = part.builtin
+    if name not in HEAD_TASK_KINDS:
+        return  # a plugin's head, or contrastive: nothing known to compare
+    kind = info.get("kind")
+    if kind != HEAD_TASK_KINDS[name]:
+        fix = next((head for head, task_kind in HEAD_TASK_KINDS.items() if task_kind == kind), None)
+        add(f"{part.path}.head", f"is {name}, but the data's task {task!r} is {kind}"
+                                 + (f"; use head: {fix}" if fix else ""))
+        return
+    if name == "classification":
+        classes = info.get("num_classes")
+        if part.params.get("num_classes") != classes:
+            add(f"{part.path}.num_classes", f"is {part.said('num_classes')}, but the data's task {task!r} has "
+                                            f"{classes} classes; set num_classes: {classes} (or leave model.tasks "
+                                            "out to take the tasks from the data)")
+        return
+    key = HEAD_SIZES[name]
+    size = int(info.get(key, 1))
+    if part.params.get(key) != size:
+        labels = f"[N, {size}]" if key in info else "[N]"
+        add(f"{part.path}.{key}", f"is {part.said(key)}, but the data's task {task!r} has labels {labels}, "
+                                  f"{size} per sample; set {key}: {size}")
+
+
+def require_model_fit(model: Any, dataset: Any) -> None:
+    """Raise a one-line ValueError (each problem's config key and message) when the model of
+    ``model`` (a completed model spec) cannot train on ``dataset``: for the trainer, before it
+    builds the model, so that e.g. a sequence longer than an encoder's max_len fails at once."""
+    problems = check_model_fit(model, dataset)
+    if problems:
+        raise ValueError("the data does not fit the model: " + "; ".join(
+            f"{p.field}: {p.message}" for p in problems))
+
+
+def check_against_config(path: str | Path, config: Any, overrides: list[str] | None = None, *,
+                         chunk_bytes: int = CHUNK_BYTES) -> list[Problem]:
+    """Every problem of the data folder at ``path`` and, when it has none, of training the model
+    of ``config`` on it (:func:`check_model_fit`).
+
+    ``config`` is a config dict, or a config file or shipped config name as ``mtmm train``
+    takes it (``mtmm_core.config.load_config``), with ``key=value`` ``overrides``. A config that
+    cannot be read raises (SpecError), before the folder is scanned. Problems about the config
+    name it as their file (``"config"`` for a dict).
+    """
+    import copy
+
+    from mtmm_core.config import apply_override, load_config
+
+    if isinstance(config, dict):
+        source, config = "config", copy.deepcopy(config)
+        for override in overrides or []:
+            apply_override(config, override)
+    else:
+        source, config = str(config), load_config(config, overrides)
+    model = config.get("model")
+    _model_parts(model)
+    problems = check_dataset(path, chunk_bytes=chunk_bytes)
+    if problems:
+        return problems
+    from mtmm_core.userdata import FolderDataset
+
+    return check_model_fit(model, FolderDataset(path, check=False), source=source)

@@ -4,6 +4,7 @@
 from memory-mapped arrays, so a data set larger than memory trains. It has the
 interface of the built-in data sets: ``modalities``, ``tasks`` and
 ``splits["train" | "validation" | "test"]`` with ``len()`` and ``batch(rows) -> Batch``.
+It never opens a file outside the folder (``mtmm_core.datacheck.resolve_inside``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mtmm_core.datacheck import (  # noqa: F401  (Problem, check_dataset, is_dat
     check_dataset,
     is_data_folder,
     missing_labels,
+    resolve_inside,
     row_chunks,
     split_sizes,
 )
@@ -43,6 +45,18 @@ class FolderSplit:
         return self.source.read(self.indices[np.asarray(rows, dtype=np.int64)])
 
 
+def _as_float32(values: np.ndarray, scale: float) -> np.ndarray:
+    """``values * scale`` as float32; float64 values are scaled before the cast, so a value that
+    only fits float32 once scaled (``mtmm data check`` checks that) stays finite."""
+    if scale == 1.0:
+        return values.astype(np.float32)
+    if values.dtype.kind == "f" and values.dtype.itemsize > 4:
+        return (values * scale).astype(np.float32)
+    scaled = values.astype(np.float32)
+    scaled *= np.float32(scale)
+    return scaled
+
+
 def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``array[rows]`` reading the memory map in ascending row order (each row once)."""
     ordered, inverse = np.unique(rows, return_inverse=True)
@@ -52,10 +66,11 @@ def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
 class FolderDataset:
     """A data folder (docs/data.md) as a data set: ``modalities``, ``tasks`` and ``splits``.
 
-    The folder is checked first (``check=False`` skips that scan of every array); any
-    problem raises one ValueError listing all of them. Arrays stay memory-mapped: a
-    batch reads only its rows. ``seed`` (a config's ``data.seed``) seeds a random split
-    when dataset.yaml names no seed of its own.
+    The folder is checked first (``check=False`` skips the scan of every array's values but
+    still checks dataset.yaml, the file names and the arrays' shapes); any problem raises one
+    ValueError listing all of them. No file outside the folder is ever opened. Arrays stay
+    memory-mapped: a batch reads only its rows. ``seed`` (a config's ``data.seed``) seeds a
+    random split when dataset.yaml names no seed of its own.
     """
 
     def __init__(self, path: str | Path, *, check: bool = True, seed: int | None = None, **unknown: Any):
@@ -64,19 +79,20 @@ class FolderDataset:
                              f"(valid: check, seed); {path} is read as a data folder because it holds {CONFIG_FILE}")
         self.root = Path(path)
         self.seed = seed
-        if check:
-            problems = check_dataset(self.root)
-            if problems:
-                listed = "\n".join(f"  {problem}" for problem in problems)
-                raise ValueError(f"{self.root} is not a valid data folder ({len(problems)} problem"
-                                 f"{'s' if len(problems) > 1 else ''}; `mtmm data check {self.root}` "
-                                 f"lists them too):\n{listed}")
-        spec = yaml.safe_load((self.root / CONFIG_FILE).read_text())
+        self._sequence_stats: dict[str, dict[str, int]] | None = None
+        problems = check_dataset(self.root, scan=check)
+        if problems:
+            listed = "\n".join(f"  {problem}" for problem in problems)
+            raise ValueError(f"{self.root} is not a valid data folder ({len(problems)} problem"
+                             f"{'s' if len(problems) > 1 else ''}; `mtmm data check {self.root}` "
+                             f"lists them too):\n{listed}")
+        spec = yaml.safe_load(resolve_inside(self.root, CONFIG_FILE, CONFIG_FILE).read_text())
         self.description = spec.get("description", "")
         self._modalities: dict[str, dict[str, Any]] = {}
         self.modalities: dict[str, dict[str, Any]] = {}
         for name, entry in spec["modalities"].items():
-            opened = {key: self._load(entry[key]) for key in ("file", "values", "offsets", "present") if key in entry}
+            opened = {key: self._load(entry[key], f"modalities.{name}.{key}")
+                      for key in ("file", "values", "offsets", "present") if key in entry}
             opened["kind"], opened["scale"] = entry["kind"], float(entry.get("scale", 1.0))
             self._modalities[name] = opened
             if entry["kind"] == "array":
@@ -89,7 +105,7 @@ class FolderDataset:
         self._labels: dict[str, np.ndarray] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
         for name, entry in spec["tasks"].items():
-            labels = self._labels[name] = self._load(entry["file"])
+            labels = self._labels[name] = self._load(entry["file"], f"tasks.{name}.file")
             info: dict[str, Any] = {"kind": entry["kind"]}
             if entry["kind"] == "classification":
                 info["num_classes"] = int(entry["num_classes"])
@@ -99,12 +115,14 @@ class FolderDataset:
         self.splits = {name: FolderSplit(name, indices, self)
                        for name, indices in self._split_indices(spec.get("splits", DEFAULT_SPLITS)).items()}
 
-    def _load(self, name: str) -> np.ndarray:
-        return np.load(self.root / name, mmap_mode="r", allow_pickle=False)
+    def _load(self, name: str, field: str) -> np.ndarray:
+        """Memory-map the file ``name`` that dataset.yaml names at ``field``; a ValueError naming
+        the field and the name when it is not inside the folder (symlinks followed)."""
+        return np.load(resolve_inside(self.root, name, field), mmap_mode="r", allow_pickle=False)
 
     def _split_indices(self, spec: dict) -> dict[str, np.ndarray]:
         if "file" in spec:
-            codes = self._load(spec["file"])
+            codes = self._load(spec["file"], "splits.file")
             found: dict[int, list[np.ndarray]] = {0: [], 1: [], 2: []}
             for start, stop in row_chunks(len(codes), codes.dtype.itemsize):
                 chunk = np.asarray(codes[start:stop])
@@ -124,7 +142,7 @@ class FolderDataset:
         for name, opened in self._modalities.items():
             flags = np.ones(len(rows), dtype=bool)
             if opened["kind"] == "array":
-                values = _take(opened["file"], rows).astype(np.float32)
+                values = _as_float32(_take(opened["file"], rows), opened["scale"])
             else:
                 offsets = opened["offsets"]
                 starts, ends = _take(offsets, rows).astype(np.int64), _take(offsets, rows + 1).astype(np.int64)
@@ -132,11 +150,9 @@ class FolderDataset:
                 frames = opened["values"]
                 values = np.zeros((len(rows), max(1, int(sizes.max(initial=0))), frames.shape[1]), dtype=np.float32)
                 for i, (start, size) in enumerate(zip(starts, sizes)):
-                    values[i, :size] = frames[start:start + size]
+                    values[i, :size] = _as_float32(np.asarray(frames[start:start + size]), opened["scale"])
                 lengths[name] = torch.from_numpy(sizes)
                 flags &= sizes > 0
-            if opened["scale"] != 1.0:
-                values *= opened["scale"]
             if "present" in opened:
                 flags &= _take(opened["present"], rows).astype(bool)
             inputs[name], present[name] = torch.from_numpy(values), torch.from_numpy(flags)
@@ -153,19 +169,37 @@ class FolderDataset:
             targets[task], task_masks[task] = torch.from_numpy(target), torch.from_numpy(~missing)
         return Batch(inputs, lengths, targets, present, task_masks)
 
-    def summary(self) -> dict[str, Any]:
-        """Samples, modalities (sequences with their shortest and longest length), tasks and split sizes."""
-        modalities = {}
-        for name, info in self.modalities.items():
-            modalities[name] = dict(info)
-            if info["kind"] == "sequence":
-                offsets = self._modalities[name]["offsets"]
-                low, high = None, 0
+    def sequence_stats(self) -> dict[str, dict[str, int]]:
+        """Per sequence modality ``{"shortest", "longest", "longest_row"}`` (lengths in frames, the
+        row of the folder holding the longest), from one chunked scan of the offsets (cached)."""
+        if self._sequence_stats is None:
+            stats = {}
+            for name, opened in self._modalities.items():
+                if opened["kind"] != "sequence":
+                    continue
+                offsets = opened["offsets"]
+                low, high, row = None, 0, 0
                 for start, stop in row_chunks(len(offsets) - 1, 2 * offsets.dtype.itemsize):
                     sizes = np.diff(np.asarray(offsets[start:stop + 1]).astype(np.int64))
                     low = int(sizes.min()) if low is None else min(low, int(sizes.min()))
-                    high = max(high, int(sizes.max()))
-                modalities[name]["lengths"] = [low or 0, high]
+                    if int(sizes.max()) > high:
+                        high, row = int(sizes.max()), start + int(sizes.argmax())
+                stats[name] = {"shortest": low or 0, "longest": high, "longest_row": row}
+            self._sequence_stats = stats
+        return self._sequence_stats
+
+    def longest_sequences(self) -> dict[str, int]:
+        """The length of the longest sample of each sequence modality, in frames."""
+        return {name: stats["longest"] for name, stats in self.sequence_stats().items()}
+
+    def summary(self) -> dict[str, Any]:
+        """Samples, modalities (sequences with their shortest and longest length), tasks and split sizes."""
+        modalities = {}
+        stats = self.sequence_stats()
+        for name, info in self.modalities.items():
+            modalities[name] = dict(info)
+            if name in stats:
+                modalities[name]["lengths"] = [stats[name]["shortest"], stats[name]["longest"]]
         return {"path": str(self.root), "samples": self.num_samples, "modalities": modalities,
                 "tasks": self.tasks, "splits": {name: len(split) for name, split in self.splits.items()}}
 

@@ -282,7 +282,8 @@ def test_data_check_cli_exit_codes_and_output(folder, capsys):
     assert report["ok"] is False and report["summary"] is None
     assert {"file": "labels/digit.npy", "field": "tasks.digit.file", "row": 11} == {
         k: report["problems"][0][k] for k in ("file", "field", "row")}
-    assert cli_main(["data", "check", str(folder.parent / "nowhere")]) == 1
+    assert cli_main(["data", "check", str(folder.parent / "nowhere")]) == 2  # a usage error, not a problem
+    assert capsys.readouterr().err.startswith(f"mtmm: error: {folder.parent / 'nowhere'}: no such folder")
 
 
 def docs_blocks(language: str) -> list[str]:
