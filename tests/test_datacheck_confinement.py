@@ -16,7 +16,8 @@ from mtmm_core import datacheck
 from mtmm_core.cli import main as cli_main
 from mtmm_core.config import validate_config
 from mtmm_core.data import complete_model_spec
-from mtmm_core.datacheck import check_against_config, check_dataset, check_model_fit, require_model_fit
+from mtmm_core.data_fit import check_against_config, check_model_fit, require_model_fit
+from mtmm_core.datacheck import check_dataset
 from mtmm_core.errors import SpecError
 from mtmm_core.userdata import FolderDataset
 
