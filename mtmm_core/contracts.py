@@ -36,7 +36,6 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
     A row with no valid position gives zeros (never NaN).
     """
-    weights = mask.to(tokens.dtype).unsqueeze(-1)
-    total = (tokens * weights).sum(dim=1)
-    count = weights.sum(dim=1).clamp_min(1.0)
+    total = torch.where(mask.unsqueeze(-1), tokens, 0.0).sum(dim=1)  # replace, never multiply: 0 * NaN is NaN
+    count = mask.sum(dim=1, keepdim=True).clamp_min(1).to(total.dtype)
     return total / count

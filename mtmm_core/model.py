@@ -80,7 +80,8 @@ class MultimodalMultitaskModel(nn.Module):
         tokens, masks = {}, {}
         for modality in sorted(inputs):
             try:
-                encoded = self.encoders[modality](inputs[modality], lengths.get(modality))
+                batch_input = _blank_absent(inputs[modality], present[modality])  # NaN there cannot reach a weight
+                encoded = self.encoders[modality](batch_input, lengths.get(modality))
             except ValueError as error:
                 raise ValueError(f"modality {modality!r}: {error}") from error
             self._check_encoded(modality, encoded, batch)
@@ -246,6 +247,21 @@ class MultimodalMultitaskModel(nn.Module):
         if mask.shape != tokens.shape[:2] or mask.dtype != torch.bool:
             raise ValueError(f"encoder {type(encoder).__name__} of modality {modality!r} returned a mask of shape "
                              f"{tuple(mask.shape)} and dtype {mask.dtype}, expected bool {tuple(tokens.shape[:2])}")
+
+
+def _blank_absent(x: Any, present: torch.Tensor) -> Any:
+    """One modality's batch with every absent sample's floating-point input replaced by zeros.
+
+    Masks replace, never multiply: ``0 * NaN`` is NaN, in the forward pass and in the weight
+    gradients, so an absent sample's values are swapped out (``torch.where``) before any arithmetic.
+    ``x`` is a tensor ``[B, ...]`` or a mapping of them; integer inputs (token ids) pass unchanged.
+    """
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        keep = present.to(x.device).reshape(-1, *[1] * (x.dim() - 1))
+        return torch.where(keep, x, 0.0)
+    if isinstance(x, Mapping):
+        return {key: _blank_absent(value, present) for key, value in x.items()}
+    return x
 
 
 def _present_or_false(present: Mapping[str, torch.Tensor], modality: str, like: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 All attention goes through ``mtmm_kernels.cross_modal_attention``, so the fused
 kernel serves every transformer in mtmm, and a query whose keys are all masked
-gives zeros instead of NaN.
+gives zeros instead of NaN. Masked keys are replaced by zeros before they are
+projected (masks replace, never multiply), so NaN or inf at a masked position can
+reach neither the scores nor the values, in the forward or the backward pass.
 """
 
 from __future__ import annotations
@@ -14,6 +16,20 @@ from einops import rearrange
 from torch import nn
 
 from mtmm_kernels import cross_modal_attention
+
+
+def blank(x: torch.Tensor, keep: torch.Tensor | None, fill: int | float = 0) -> torch.Tensor:
+    """``x`` with ``fill`` (default 0) wherever ``keep`` is False; ``x`` itself when ``keep`` is None.
+
+    ``keep`` is bool and covers the leading dimensions of ``x`` (``[B]`` blanks whole
+    samples, ``[B, L]`` positions). ``torch.where`` replaces the values, so NaN or inf in
+    them never reaches the result, and their gradient is exactly 0 (masks replace, never
+    multiply: ``x * keep`` would turn NaN into NaN, and 0 gradients into NaN ones).
+    """
+    if keep is None:
+        return x
+    keep = keep.reshape(*keep.shape, *[1] * (x.dim() - keep.dim()))
+    return torch.where(keep, x, fill)
 
 
 def prefix_lengths(mask: torch.Tensor) -> torch.Tensor | None:
@@ -43,11 +59,20 @@ class AttentionKeys(NamedTuple):
         lengths = prefix_lengths(mask)
         return cls(lengths=lengths) if lengths is not None else cls(mask=mask)
 
+    def valid(self, num_keys: int) -> torch.Tensor | None:
+        """Bool ``[B, num_keys]``, True at the keys to attend; None when every key is attended."""
+        if self.lengths is not None:
+            positions = torch.arange(num_keys, device=self.lengths.device)
+            return positions[None, :] < self.lengths[:, None]
+        return self.mask
+
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: queries from ``x`` ``[B, Lq, D]``, keys/values from ``context`` ``[B, Lk, Dc]``.
 
-    ``keys`` (:class:`AttentionKeys`) selects the keys; None attends to all. Returns ``[B, Lq, D]``.
+    ``keys`` (:class:`AttentionKeys`) selects the keys; None attends to all. The masked rows of
+    ``context`` are replaced by zeros before the key/value projection, so whatever they hold
+    (even NaN or inf) contributes exactly nothing. Returns ``[B, Lq, D]``.
     """
 
     def __init__(self, dim: int, heads: int = 4, context_dim: int | None = None, dropout: float = 0.0):
@@ -69,6 +94,7 @@ class MultiHeadAttention(nn.Module):
     ) -> torch.Tensor:
         context = x if context is None else context
         keys = keys or AttentionKeys()
+        context = blank(context, keys.valid(context.shape[1]))
         q = rearrange(self.to_q(x), "b l (h d) -> b h l d", h=self.heads)
         k, v = rearrange(self.to_kv(context), "b l (two h d) -> two b h l d", two=2, h=self.heads)
         attended = cross_modal_attention(q, k, v, key_lengths=keys.lengths, key_padding_mask=keys.mask)
@@ -91,7 +117,9 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: ``x`` ``[B, L, D]`` attends to ``context`` (default: itself), then an MLP.
 
-    ``keys`` (:class:`AttentionKeys`) selects the keys of the context. Returns ``[B, L, D]``.
+    ``keys`` (:class:`AttentionKeys`) selects the keys of the context. The masked rows of the
+    context (of ``x`` itself in self-attention) are replaced by zeros before the layer norm,
+    so NaN or inf there reaches neither the output's valid rows nor a gradient. Returns ``[B, L, D]``.
     """
 
     def __init__(self, dim: int, heads: int = 4, context_dim: int | None = None, dropout: float = 0.0):
@@ -109,10 +137,13 @@ class TransformerBlock(nn.Module):
         context: torch.Tensor | None = None,
         keys: AttentionKeys | None = None,
     ) -> torch.Tensor:
-        normed = self.norm_x(x)
-        if context is None:
-            context = normed
+        keys = keys or AttentionKeys()
+        if context is None:  # self-attention: the masked positions of x are the masked keys
+            x = blank(x, keys.valid(x.shape[1]))
+            normed = context = self.norm_x(x)
         else:
+            normed = self.norm_x(x)
+            context = blank(context, keys.valid(context.shape[1]))
             context = (self.norm_x if self.norm_context is None else self.norm_context)(context)
         x = x + self.attention(normed, context, keys)
         return x + self.feed_forward(self.norm_ff(x))

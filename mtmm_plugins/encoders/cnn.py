@@ -7,7 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from mtmm_core.contracts import EncoderOutput
-from mtmm_plugins.encoders.common import check_floating, check_shape, presence_mask
+from mtmm_plugins.encoders.common import blank, check_floating, check_shape, presence_mask, sample_presence
 
 
 class ImageCNN(nn.Module):
@@ -25,7 +25,7 @@ class ImageCNN(nn.Module):
     ``forward(images [B, in_channels, H, W] float, lengths [B] | None)`` returns
     ``EncoderOutput(tokens [B, (H // 2**k) * (W // 2**k), dim], mask [B, L] bool)``.
     The mask is all True, except that a sample whose length is 0 (absent) gets an
-    all-False row.
+    all-False row; its image is replaced by zeros first, so its content never matters.
     """
 
     def __init__(self, *, in_channels: int = 1, dim: int = 128, channels: Sequence[int] = (32, 64)):
@@ -56,7 +56,8 @@ class ImageCNN(nn.Module):
                     f"expected image {side} of at least {smallest} for {self.num_stages} pooling stages, "
                     f"got dimension {axis} = {images.shape[axis]}"
                 )
-        feature_map = self.features(images)
+        present = sample_presence(lengths, images.shape[0], images.device)
+        feature_map = self.features(blank(images, present))
         tokens = self.to_tokens(rearrange(feature_map, "b c h w -> b (h w) c"))
-        mask = presence_mask(lengths, tokens.shape[0], tokens.shape[1], tokens.device)
+        mask = presence_mask(present, tokens.shape[0], tokens.shape[1], tokens.device)
         return EncoderOutput(tokens, mask)

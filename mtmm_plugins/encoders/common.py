@@ -1,13 +1,18 @@
-"""Input checks and the token transformer shared by the built-in encoders.
+"""Input checks, input masking and the token transformer shared by the built-in encoders.
 
 Every check raises ``ValueError`` naming the offending dimension, what was
 expected and what was given; the model prefixes the modality name.
+
+Masks replace, never multiply: an encoder replaces the padded positions of its raw
+input (and the whole input of a sample whose length is 0) with zeros by
+``torch.where`` before any arithmetic (:func:`blank`), so NaN or inf there can reach
+neither a token nor a gradient.
 """
 
 import torch
 from torch import nn
 
-from mtmm_plugins.layers import AttentionKeys, TransformerBlock
+from mtmm_plugins.layers import AttentionKeys, TransformerBlock, blank  # noqa: F401  (blank: for the encoders)
 
 
 def check_shape(x: object, what: str, expected: tuple[str | int, ...]) -> None:
@@ -60,17 +65,21 @@ def prefix_mask(lengths: torch.Tensor, num_positions: int) -> torch.Tensor:
     return positions[None, :] < lengths[:, None]
 
 
-def presence_mask(
-    lengths: torch.Tensor | None, batch: int, num_tokens: int, device: torch.device
-) -> torch.Tensor:
-    """Mask ``[B, num_tokens]`` for encoders without a sequence axis (images, table rows).
-
-    ``lengths=None`` marks every token valid; otherwise a sample whose length is 0
-    is absent (its whole row is False) and any other length means present.
-    """
+def sample_presence(lengths: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
+    """For encoders without a sequence axis (images, table rows): bool ``[B]``, False where the
+    length is 0 (an absent sample) and True for any other length; None when ``lengths`` is None."""
     if lengths is None:
+        return None
+    return check_lengths(lengths, batch).to(device) > 0
+
+
+def presence_mask(present: torch.Tensor | None, batch: int, num_tokens: int, device: torch.device) -> torch.Tensor:
+    """Mask ``[B, num_tokens]`` from :func:`sample_presence`: an absent sample's row is all False.
+
+    ``present=None`` marks every token valid.
+    """
+    if present is None:
         return torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
-    present = check_lengths(lengths, batch).to(device) > 0
     return present[:, None].expand(batch, num_tokens).clone()
 
 
@@ -78,8 +87,8 @@ class PositionalTransformer(nn.Module):
     """Learned positions, a stack of ``TransformerBlock``s and a final LayerNorm.
 
     ``forward(tokens [B, L, D], mask [B, L] bool | None) -> [B, L, D]`` with
-    ``L <= max_len``. Masked positions are neither attended to nor kept: they come
-    out as zeros, so a row with no valid position is all zeros (finite).
+    ``L <= max_len``. Masked positions are neither attended to nor kept: they are
+    replaced by zeros on the way out, so a row with no valid position is all zeros (finite).
     """
 
     def __init__(self, dim: int, depth: int, heads: int, max_len: int, dropout: float):
@@ -94,7 +103,4 @@ class PositionalTransformer(nn.Module):
         keys = AttentionKeys.from_mask(mask)
         for block in self.blocks:
             x = block(x, keys=keys)
-        x = self.norm(x)
-        if mask is not None:
-            x = x * mask[..., None].to(x.dtype)
-        return x
+        return blank(self.norm(x), mask)

@@ -5,7 +5,14 @@ from einops import rearrange, repeat
 from torch import nn
 
 from mtmm_core.contracts import EncoderOutput
-from mtmm_plugins.encoders.common import PositionalTransformer, check_floating, check_shape, presence_mask
+from mtmm_plugins.encoders.common import (
+    PositionalTransformer,
+    blank,
+    check_floating,
+    check_shape,
+    presence_mask,
+    sample_presence,
+)
 
 
 class ImagePatchTransformer(nn.Module):
@@ -19,7 +26,8 @@ class ImagePatchTransformer(nn.Module):
     ``forward(images [B, in_channels, image_size, image_size] float, lengths [B] | None)``
     returns ``EncoderOutput(tokens [B, 1 + (image_size / patch_size)**2, dim], mask [B, L] bool)``,
     CLS first. The mask is all True, except that a sample whose length is 0
-    (absent) gets an all-False row.
+    (absent) gets an all-False row; its image is replaced by zeros first, so its
+    content never matters.
     """
 
     def __init__(
@@ -51,11 +59,12 @@ class ImagePatchTransformer(nn.Module):
         size = self.image_size
         check_shape(images, "image", ("B", self.in_channels, size, size))
         check_floating(images, "image")
+        present = sample_presence(lengths, images.shape[0], images.device)
         patches = rearrange(
-            images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=self.patch_size, p2=self.patch_size
+            blank(images, present), "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=self.patch_size, p2=self.patch_size
         )
         patch_tokens = self.patch_projection(patches)
         cls = repeat(self.cls_token, "d -> b 1 d", b=images.shape[0])
         tokens = self.transformer(torch.cat([cls, patch_tokens], dim=1))
-        mask = presence_mask(lengths, tokens.shape[0], tokens.shape[1], tokens.device)
+        mask = presence_mask(present, tokens.shape[0], tokens.shape[1], tokens.device)
         return EncoderOutput(tokens, mask)

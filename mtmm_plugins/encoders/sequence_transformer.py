@@ -6,6 +6,7 @@ from torch import nn
 from mtmm_core.contracts import EncoderOutput
 from mtmm_plugins.encoders.common import (
     PositionalTransformer,
+    blank,
     check_floating,
     check_lengths,
     check_shape,
@@ -22,9 +23,10 @@ class SequenceTransformer(nn.Module):
 
     ``forward(frames [B, T, in_features] float, lengths [B] int | None)`` returns
     ``EncoderOutput(tokens [B, T, dim], mask [B, T] bool)``: the mask is True at
-    the first ``lengths[b]`` frames (all of them when ``lengths`` is None). Tokens
-    at padded frames are zeros, so a sample of length 0 gets all-zero tokens and
-    an all-False mask.
+    the first ``lengths[b]`` frames (all of them when ``lengths`` is None). Padded
+    frames are replaced by zeros before the projection, so their content (even NaN
+    or inf) never matters; tokens at padded frames are zeros, so a sample of length 0
+    gets all-zero tokens and an all-False mask.
     """
 
     def __init__(
@@ -57,5 +59,5 @@ class SequenceTransformer(nn.Module):
             mask = torch.ones(batch, steps, dtype=torch.bool, device=frames.device)
         else:
             mask = prefix_mask(check_lengths(lengths, batch, steps).to(frames.device), steps)
-        tokens = self.transformer(self.frame_projection(frames), mask)
+        tokens = self.transformer(self.frame_projection(blank(frames, mask)), mask)
         return EncoderOutput(tokens, mask)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mtmm_core.contracts import EncoderOutput
-from mtmm_plugins.encoders.common import check_floating, check_shape, presence_mask
+from mtmm_plugins.encoders.common import blank, check_floating, check_shape, presence_mask, sample_presence
 
 
 class TabularMLP(nn.Module):
@@ -24,7 +24,8 @@ class TabularMLP(nn.Module):
     [B, L, dim], mask [B, L] bool)`` with the numeric token first (left out when
     ``num_numeric == 0``) and then the ``C = len(categories)`` column tokens. The
     mask is all True, except that a sample whose length is 0 (absent) gets an
-    all-False row.
+    all-False row; its numeric features and categories are replaced by zeros first
+    (and not range-checked), so their content never matters.
     """
 
     def __init__(
@@ -63,23 +64,30 @@ class TabularMLP(nn.Module):
         self, x: torch.Tensor | Mapping[str, torch.Tensor], lengths: torch.Tensor | None = None
     ) -> EncoderOutput:
         numeric, categorical = self._split(x)
-        tokens: list[torch.Tensor] = []
+        parts = []  # the inputs this encoder reads, checked before anything is computed
         if self.numeric_mlp is not None:
             check_shape(numeric, "numeric", ("B", self.num_numeric))
             check_floating(numeric, "numeric")
-            tokens.append(self.numeric_mlp(numeric)[:, None, :])
+            parts.append(numeric)
         if self.category_projection is not None:
             check_shape(categorical, "categorical", ("B", len(self.categories)))
+            parts.append(categorical)
+        if len(parts) == 2 and parts[0].shape[0] != parts[1].shape[0]:
+            raise ValueError(
+                f"expected categorical [B, {len(self.categories)}] with B = {parts[0].shape[0]} "
+                f"(the numeric batch), got dimension 0 = {parts[1].shape[0]}"
+            )
+        present = sample_presence(lengths, parts[0].shape[0], parts[0].device)
+        tokens: list[torch.Tensor] = []
+        if self.numeric_mlp is not None:
+            tokens.append(self.numeric_mlp(blank(numeric, present))[:, None, :])
+        if self.category_projection is not None:
+            categorical = blank(categorical, present)
             self._check_categories(categorical)
             embedded = [table(categorical[:, c]) for c, table in enumerate(self.category_embeddings)]
             tokens.append(self.category_projection(torch.stack(embedded, dim=1)))
-        if len(tokens) == 2 and tokens[0].shape[0] != tokens[1].shape[0]:
-            raise ValueError(
-                f"expected categorical [B, {len(self.categories)}] with B = {tokens[0].shape[0]} "
-                f"(the numeric batch), got dimension 0 = {tokens[1].shape[0]}"
-            )
         out = self.norm(torch.cat(tokens, dim=1))
-        mask = presence_mask(lengths, out.shape[0], out.shape[1], out.device)
+        mask = presence_mask(present, out.shape[0], out.shape[1], out.device)
         return EncoderOutput(out, mask)
 
     def _split(

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mtmm_core.contracts import EncoderOutput
-from mtmm_plugins.encoders.common import PositionalTransformer, check_lengths, check_shape, prefix_mask
+from mtmm_plugins.encoders.common import PositionalTransformer, blank, check_lengths, check_shape, prefix_mask
 
 
 class ByteTokenizer:
@@ -46,12 +46,14 @@ class ByteTextEncoder(nn.Module):
     - a list of ``str``: encoded with ``ByteTokenizer`` (each cut after ``max_len``
       bytes); a given ``lengths`` [B] can only shorten them (so 0 marks an absent
       sample), or
-    - a LongTensor of ids ``[B, T]`` from ``ByteTokenizer`` (``T <= max_len``, ids
-      in ``[0, 256]``): with ``lengths`` the first ``lengths[b]`` ids are valid,
+    - a LongTensor of ids ``[B, T]`` from ``ByteTokenizer`` (``T <= max_len``, valid
+      ids in ``[0, 256]``): with ``lengths`` the first ``lengths[b]`` ids are valid,
       without it every non-padding id (``!= 0``) is.
 
-    Ids are embedded, learned position embeddings are added and ``depth``
-    transformer blocks follow, each byte attending only to valid bytes. Returns
+    Ids past the valid ones are replaced by the padding id before the embedding (and
+    not range-checked), so they never matter. Ids are embedded, learned position
+    embeddings are added and ``depth`` transformer blocks follow, each byte attending
+    only to valid bytes. Returns
     ``EncoderOutput(tokens [B, T, dim], mask [B, T] bool)``; tokens at padding are
     zeros, so an empty or absent text gives all-zero tokens and an all-False mask.
     """
@@ -81,6 +83,7 @@ class ByteTextEncoder(nn.Module):
         else:
             ids, mask = self._tokenize(x, lengths)
         ids, mask = ids.to(device), mask.to(device)
+        ids = blank(ids, mask, ByteTokenizer.PAD_ID)
         tokens = self.transformer(self.byte_embedding(ids), mask)
         return EncoderOutput(tokens, mask)
 
@@ -108,9 +111,11 @@ class ByteTextEncoder(nn.Module):
             raise ValueError(
                 f"expected ids [B, T] with T <= max_len={self.max_len}, got dimension 1 = {steps}"
             )
-        if ((ids < 0) | (ids >= ByteTokenizer.VOCAB_SIZE)).any():
-            bad = ids[(ids < 0) | (ids >= ByteTokenizer.VOCAB_SIZE)][0]
-            raise ValueError(f"expected ids in [0, {ByteTokenizer.VOCAB_SIZE - 1}], got {int(bad)}")
         if lengths is None:
-            return ids, ids != ByteTokenizer.PAD_ID
-        return ids, prefix_mask(check_lengths(lengths, batch, steps).to(ids.device), steps)
+            mask = ids != ByteTokenizer.PAD_ID
+        else:
+            mask = prefix_mask(check_lengths(lengths, batch, steps).to(ids.device), steps)
+        out_of_range = mask & ((ids < 0) | (ids >= ByteTokenizer.VOCAB_SIZE))
+        if out_of_range.any():
+            raise ValueError(f"expected ids in [0, {ByteTokenizer.VOCAB_SIZE - 1}], got {int(ids[out_of_range][0])}")
+        return ids, mask

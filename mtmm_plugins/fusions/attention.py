@@ -1,9 +1,10 @@
 """Attention fusions: MulT-style cross-modal attention and a Perceiver-style latent bottleneck.
 
 Both use ``TransformerBlock`` from ``mtmm_plugins.layers``. The key mask of a
-modality's tokens is ``masks[m] & present[m][:, None]``, so a sample's absent
-modality is never attended to; a query whose keys are all masked gets zeros from
-the attention (the kernel's rule) and keeps its residual.
+modality's tokens is ``masks[m] & present[m][:, None]`` (from ``valid_inputs``, which
+also replaces the tokens outside it by zeros), so a sample's absent modality is never
+attended to; a query whose keys are all masked gets zeros from the attention (the
+kernel's rule) and keeps its residual.
 """
 
 from __future__ import annotations
@@ -20,11 +21,6 @@ from mtmm_plugins.layers import AttentionKeys, TransformerBlock
 def _to_width(width: int, dim: int) -> nn.Module:
     """A linear map from ``width`` to ``dim``, or the identity when they are equal."""
     return nn.Identity() if width == dim else nn.Linear(width, dim)
-
-
-def _key_mask(m: str, masks: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[B, L_m]``: the valid tokens of modality ``m`` in the samples that have it."""
-    return masks[m] & present[m][:, None]
 
 
 class CrossModalAttentionFusion(Fusion):
@@ -57,7 +53,7 @@ class CrossModalAttentionFusion(Fusion):
     def forward(
         self, tokens: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        in_batch = self.batch_modalities(tokens, masks, present)
+        in_batch, tokens, masks = self.valid_inputs(tokens, masks, present)
         projected = {m: self.projections[m](tokens[m]) for m in in_batch}
         pooled = {}
         for m in in_batch:
@@ -65,7 +61,7 @@ class CrossModalAttentionFusion(Fusion):
             others = [o for o in in_batch if o != m]
             if others:
                 context = torch.cat([projected[o] for o in others], dim=1)
-                keys = AttentionKeys.from_mask(torch.cat([_key_mask(o, masks, present) for o in others], dim=1))
+                keys = AttentionKeys.from_mask(torch.cat([masks[o] for o in others], dim=1))
                 for block in self.cross_blocks[m]:
                     x = block(x, context, keys)
             pooled[m] = masked_mean(x, masks[m])
@@ -110,11 +106,11 @@ class PerceiverFusion(Fusion):
     def forward(
         self, tokens: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        in_batch = self.batch_modalities(tokens, masks, present)
+        in_batch, tokens, masks = self.valid_inputs(tokens, masks, present)
         context = torch.cat(
             [self.projections[m](tokens[m]) + self.modality_embeddings[m] for m in in_batch], dim=1
         )
-        keys = AttentionKeys.from_mask(torch.cat([_key_mask(m, masks, present) for m in in_batch], dim=1))
+        keys = AttentionKeys.from_mask(torch.cat([masks[m] for m in in_batch], dim=1))
         latents = repeat(self.latents, "n d -> b n d", b=context.shape[0])
         latents = self.cross_block(latents, context, keys)
         for block in self.self_blocks:

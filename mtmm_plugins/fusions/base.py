@@ -2,10 +2,13 @@
 
 A fusion receives three dicts keyed by modality (see docs/plugins.md):
 ``tokens[m]`` ``[B, L_m, D_m]``, ``masks[m]`` ``[B, L_m]`` (bool, True = valid token) and
-``present[m]`` ``[B]`` (bool, True = sample has modality ``m``). The tokens of a
-sample without ``m`` are arbitrary, so every fusion either swaps in a learned
-placeholder or leaves ``m`` out of that sample's combination, with ``torch.where``
-(never by multiplying with zero, which would let inf/NaN through).
+``present[m]`` ``[B]`` (bool, True = sample has modality ``m``). The tokens at
+masked positions and of a sample without ``m`` are arbitrary (even inf/NaN). Masks
+replace, never multiply: every built-in fusion starts with :meth:`Fusion.valid_inputs`,
+which replaces those tokens by zeros with ``torch.where`` before any arithmetic (a
+multiplication by zero would let inf/NaN through, into the output and the gradients),
+and then swaps in a learned placeholder for an absent modality or leaves it out of
+that sample's combination, again with ``torch.where``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ class Fusion(nn.Module):
     """Base class of the built-in fusions: checks the wiring and the inputs of ``forward``.
 
     Subclasses implement ``forward(tokens, masks, present) -> [B, out_dim]`` and call
-    ``self.batch_modalities(...)`` first. ``self.modalities`` is ``sorted(input_dims)``:
+    ``self.valid_inputs(...)`` first. ``self.modalities`` is ``sorted(input_dims)``:
     every fusion iterates modalities in that order, so results do not depend on the
     order of the dicts.
     """
@@ -73,6 +76,24 @@ class Fusion(nn.Module):
         if not torch.stack([present[m] for m in modalities]).any(dim=0).all():
             raise ValueError("fusion got a sample with no modality present; every sample needs at least one")
         return modalities
+
+    def valid_inputs(
+        self,
+        tokens: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+        present: dict[str, torch.Tensor],
+    ) -> tuple[list[str], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Check the inputs (:meth:`batch_modalities`); return the batch's modalities, the tokens and the masks.
+
+        The returned ``masks[m]`` is ``masks[m] & present[m][:, None]`` (the valid tokens of
+        the samples that have ``m``), and the returned ``tokens[m]`` holds zeros everywhere
+        else, put there by ``torch.where``: whatever the caller left at a padded position or
+        in an absent sample (even inf/NaN) reaches neither the output nor a gradient.
+        """
+        modalities = self.batch_modalities(tokens, masks, present)
+        valid = {m: masks[m] & present[m][:, None] for m in modalities}
+        blanked = {m: torch.where(valid[m][..., None], tokens[m], 0.0) for m in modalities}
+        return modalities, blanked, valid
 
     def _check_modality(
         self, m: str, tokens: torch.Tensor, mask: torch.Tensor, present: torch.Tensor, batch: int | None

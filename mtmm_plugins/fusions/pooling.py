@@ -39,7 +39,7 @@ class ConcatFusion(Fusion):
     def forward(
         self, tokens: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        in_batch = self.batch_modalities(tokens, masks, present)
+        in_batch, tokens, masks = self.valid_inputs(tokens, masks, present)
         batch = tokens[in_batch[0]].shape[0]
         pooled = _pool(in_batch, tokens, masks)
         slots = []
@@ -65,7 +65,7 @@ class MeanFusion(Fusion):
     def forward(
         self, tokens: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        in_batch = self.batch_modalities(tokens, masks, present)
+        in_batch, tokens, masks = self.valid_inputs(tokens, masks, present)
         pooled = _pool(in_batch, tokens, masks)
         return present_mean({m: self.projections[m](pooled[m]) for m in in_batch}, present)
 
@@ -97,7 +97,7 @@ class LateFusion(Fusion):
     def forward(
         self, tokens: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        in_batch = self.batch_modalities(tokens, masks, present)
+        in_batch, tokens, masks = self.valid_inputs(tokens, masks, present)
         pooled = _pool(in_batch, tokens, masks)
         return present_mean({m: self.branches[m](pooled[m]) for m in in_batch}, present)
 
@@ -119,7 +119,7 @@ class GatedFusion(Fusion):
     def forward(
         self, tokens: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        in_batch = self.batch_modalities(tokens, masks, present)
+        in_batch, tokens, masks = self.valid_inputs(tokens, masks, present)
         pooled = _pool(in_batch, tokens, masks)
         keep = torch.stack([present[m] for m in in_batch], dim=1)  # [B, M]
         scores = torch.cat([self.gates[m](pooled[m]) for m in in_batch], dim=1)  # [B, M]

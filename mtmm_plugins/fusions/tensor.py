@@ -55,7 +55,7 @@ class TensorFusion(Fusion):
     def forward(
         self, tokens: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        in_batch = self.batch_modalities(tokens, masks, present)
+        in_batch, tokens, masks = self.valid_inputs(tokens, masks, present)
         batch = tokens[in_batch[0]].shape[0]
         product: torch.Tensor | None = None
         for m in self.modalities:
@@ -104,7 +104,7 @@ class LowRankTensorFusion(Fusion):
     def forward(
         self, tokens: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        in_batch = self.batch_modalities(tokens, masks, present)
+        in_batch, tokens, masks = self.valid_inputs(tokens, masks, present)
         batch = tokens[in_batch[0]].shape[0]
         product: torch.Tensor | None = None
         for m in self.modalities:
