@@ -7,11 +7,21 @@ it in ``DistributedDataParallel``: loss weightings own learnable parameters that
 outside the model's forward pass, and gradient-level weightings run their own
 backward passes, neither of which DDP's reducer accepts. Outside ``torchrun`` every
 function here is a no-op for a single process.
+
+Faults end every process instead of hanging: a collective that does not complete within
+``train.collective_timeout`` seconds raises on the ranks still running, which then name
+the rank that stopped answering (:func:`stalled_ranks_message`, through a gloo
+``monitored_barrier``); and on Linux each worker gets SIGTERM when its launcher dies, so
+killing ``mtmm train --nproc N`` or ``torchrun`` never leaves orphans training on.
 """
 
 from __future__ import annotations
 
+import ctypes
+import datetime
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -38,15 +48,68 @@ class Context:
         return self.rank == 0
 
 
-def setup(device_type: str) -> Context:
-    """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, NCCL on CUDA)."""
+_monitor_group: Any = None  # a gloo group used only to find a stalled rank after a timeout
+_timeout_seconds = 0.0
+
+
+def setup(device_type: str, timeout_seconds: float = 300.0) -> Context:
+    """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, NCCL on CUDA).
+
+    A collective waits at most ``timeout_seconds``; a worker whose launcher dies gets SIGTERM.
+    """
+    global _monitor_group, _timeout_seconds
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Context()
     context = Context(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    end_with_launcher()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        timeout = datetime.timedelta(seconds=timeout_seconds)
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timeout)
+        _monitor_group = dist.new_group(backend="gloo", timeout=timeout)
+        _timeout_seconds = timeout_seconds
     return context
+
+
+def end_with_launcher() -> None:
+    """Ask Linux to send this process SIGTERM when its parent (the launcher) dies; a no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if parent == 1 or os.getppid() != parent:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """True for the error a collective raises when another rank timed out, died or closed its connection."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        fragment in text for fragment in ("timed out", "timeout", "connection reset", "connection closed",
+                                          "pair closure", "broken pipe", "gloo", "nccl"))
+
+
+def stalled_ranks_message(context: Context) -> str:
+    """After a failed collective: which ranks stopped answering, found with a gloo ``monitored_barrier``."""
+    window = datetime.timedelta(seconds=max(5.0, min(60.0, _timeout_seconds / 4)))
+    try:
+        dist.monitored_barrier(group=_monitor_group, timeout=window, wait_all_ranks=True)
+    except RuntimeError as error:
+        text = str(error)
+        if "failed to pass monitoredBarrier" in text:  # rank 0 lists the ranks that did not arrive
+            ranks = text.split("Ranks", 1)[1].split("failed", 1)[0].strip()
+            return f"rank {ranks} stopped answering (stalled or dead)"
+        if "from rank 0" in text:
+            return "rank 0 stopped answering (stalled or dead)"
+        return f"the other ranks could not be reached ({text.splitlines()[0][:200]})"
+    return "every rank answers again; a collective was slower than train.collective_timeout allows"
 
 
 def teardown(context: Context) -> None:
@@ -90,6 +153,15 @@ def gather(value: Any, context: Context) -> list[Any]:
     gathered: list[Any] = [None] * context.world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def agree(failed: bool, context: Context) -> bool:
+    """True on every rank when ``failed`` is True on any rank (a no-op for a single process)."""
+    if not context.active:
+        return failed
+    flag = torch.tensor([float(failed)])
+    dist.all_reduce(flag, op=dist.ReduceOp.SUM, group=_monitor_group)
+    return bool(flag.item() > 0)
 
 
 def barrier(context: Context) -> None:

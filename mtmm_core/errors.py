@@ -32,3 +32,12 @@ class SpecError(MtmmError, ValueError):
 
 class NonFiniteError(MtmmError, FloatingPointError):
     """A task's loss or gradient is NaN or infinite; the message names the task and the weighting."""
+
+
+class UsageError(MtmmError, ValueError):
+    """A bad command-line value, config value or file the user named; the CLI exits with status 2."""
+
+
+class RunError(MtmmError, RuntimeError):
+    """Training or evaluation could not go on (disk full, a run folder in use, a stalled process);
+    the CLI exits with status 1."""

@@ -2,8 +2,11 @@
 
 A run folder holds ``config.yaml``, ``model.yaml`` (the completed model spec), ``metrics.jsonl`` (one line per epoch),
 ``last.pt`` (everything needed to resume), ``best.pt`` (model weights of the best
-epoch on the monitored validation metric) and ``test_metrics.json``. A config's ``transfer``
-section starts from another run's weights and freezes modules (:mod:`mtmm_core.transfer`).
+epoch on the monitored validation metric) and ``test_metrics.json``. One process owns it,
+and an epoch's log line and checkpoints become visible together (:mod:`mtmm_core.run_folder`).
+Ctrl-C or SIGTERM stops after the current step with a checkpoint that resumes exactly
+(:mod:`mtmm_core.interrupts`). A config's ``transfer`` section starts from another run's
+weights and freezes modules (:mod:`mtmm_core.transfer`).
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +26,20 @@ import torch
 import yaml
 
 from mtmm_core import distributed
-from mtmm_core.checkpoint import load_checkpoint, save_checkpoint
-from mtmm_core.config import TrainSettings
+from mtmm_core.checkpoint import load_checkpoint
+from mtmm_core.config import ConfigWarning, TrainSettings
 from mtmm_core.data import complete_model_spec, load_dataset
+from mtmm_core.data_fit import require_model_fit
+from mtmm_core.errors import RunError
 from mtmm_core.evaluation import evaluate, is_better, to_device
+from mtmm_core.interrupts import StopSignals, TrainingInterrupted
+from mtmm_core.run_folder import RunFolder
 from mtmm_core.spec import build_model
 from mtmm_core.transfer import freeze, load_weights, transfer_settings
 from mtmm_core.weighting import call_with_present, weighted_backward, weighted_total
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError, FloatingPointError):
     """A task's loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -90,19 +99,29 @@ def tensorboard_writer_class() -> Any:
 
 
 class Trainer:
-    """Trains one model on one data set and writes a run folder; ``run()`` returns the test metrics."""
+    """Trains one model on one data set and writes a run folder; ``run()`` returns the test metrics.
 
-    def __init__(self, config: dict[str, Any], out_dir: str | Path, resume: bool = False):
+    ``resume`` continues the run in ``out_dir``; ``force`` starts a new run in a folder that
+    holds other files (replacing an old run's); ``read_only`` opens a run to evaluate it,
+    without taking the folder's lock or writing to it.
+    """
+
+    def __init__(self, config: dict[str, Any], out_dir: str | Path, resume: bool = False, force: bool = False,
+                 read_only: bool = False):
         self.config = config
         self.settings = TrainSettings(**config["train"])
         self.out_dir = Path(out_dir)
+        self.folder = RunFolder(self.out_dir)
+        self.read_only = read_only
+        self.signals = StopSignals()  # replaced by the active one while run() trains
         self.device = choose_device(self.settings.device)
-        self.context = distributed.setup(self.device.type)
+        self.context = distributed.setup(self.device.type, self.settings.collective_timeout)
         if self.context.active and self.device.type == "cuda":
             self.device = torch.device("cuda", self.context.local_rank)
         seed_everything(self.settings.seed)
         self.dataset = load_dataset(config["data"])
         self.model_spec = complete_model_spec(config["model"], self.dataset)
+        require_model_fit(self.model_spec, self.dataset)  # e.g. a sequence longer than its encoder's max_len
         self.model = build_model(self.model_spec).to(self.device)
         self.transfer = transfer_settings(config.get("transfer"))
         if self.transfer.init_from and not resume:  # a resumed run restores its own weights instead
@@ -121,43 +140,61 @@ class Trainer:
         torch.manual_seed(self.settings.seed + 1_000_003 * self.context.rank)  # own dropout draws per rank
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.settings.lr,
                                            weight_decay=self.settings.weight_decay)
-        self.steps_per_epoch = math.ceil(len(self.dataset.splits["train"]) / self.settings.batch_size)
+        train_rows = len(self.dataset.splits["train"])
+        if self.settings.batch_size > train_rows and self.context.is_main and not read_only:
+            warnings.warn(f"train.batch_size {self.settings.batch_size} is larger than the training split "
+                          f"({train_rows} samples); each step uses the whole split", ConfigWarning, stacklevel=2)
+        self.steps_per_epoch = math.ceil(train_rows / self.settings.batch_size)
         total_steps = self.steps_per_epoch * self.settings.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total_steps, self.settings.warmup_fraction))
         self.epoch, self.step_in_epoch, self.best, self.stale_epochs = 0, 0, None, 0
+        self.best_epoch: int | None = None
         self._tensorboard: Any = None  # created on the first epoch's log, False when unavailable
         self.epoch_loss_sums = torch.zeros(len(self.model.tasks), dtype=torch.float64)
         self.epoch_present_counts = torch.zeros(len(self.model.tasks), dtype=torch.float64)
         self.epoch_regularization_sum = 0.0  # of the architecture's regularization(), when it has one
-        if resume:
-            self._restore(load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
-        else:
-            self._start_run_folder()
-        distributed.barrier(self.context)
+        self._open_run_folder(resume, force)
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
         """Train until the last epoch or early stopping, then evaluate the best weights on the test split.
 
-        Under torchrun the process group is left at the end (every rank waits for the others first).
+        SIGINT or SIGTERM stops after the current step: ``last.pt`` is saved at that step
+        boundary and :class:`~mtmm_core.interrupts.TrainingInterrupted` is raised. Under
+        torchrun the process group is left at the end (every rank waits for the others first);
+        a collective that times out ends every rank with a :class:`RunError` naming the stalled rank.
         """
+        if self.read_only:
+            raise RunError(f"this Trainer opened {self.out_dir} read-only (to evaluate it); it cannot train")
         try:
-            while self.epoch < self.settings.epochs:
-                self._train_epoch()
-                if self._end_epoch():
-                    break
+            with StopSignals(distributed=self.context.active, announce=self.context.is_main) as self.signals:
+                while self.epoch < self.settings.epochs:
+                    self._train_epoch()
+                    if self._end_epoch():
+                        break
             metrics = self.test()
             distributed.barrier(self.context)
             return metrics
-        except KeyboardInterrupt:
-            self._save_last()
-            if self.context.is_main:
-                print(f"\ninterrupted: checkpoint saved; continue with `mtmm train --resume {self.out_dir}`",
-                      file=sys.stderr)
+        except Exception as error:
+            if self.context.active and distributed.is_collective_failure(error):
+                raise RunError(
+                    f"rank {self.context.rank}: a collective operation failed or did not complete within "
+                    f"train.collective_timeout ({self.settings.collective_timeout:g} s): "
+                    f"{distributed.stalled_ranks_message(self.context)}; stopping every process. "
+                    f"The last checkpoint is {self.out_dir / 'last.pt'}") from error
             raise
         finally:
+            self.signals = StopSignals()
+            self.close()
             distributed.teardown(self.context)
+
+    def close(self) -> None:
+        """Release the run folder (its lock) and the TensorBoard writer; ``run()`` does this at its end."""
+        self.folder.unlock()
+        if self._tensorboard:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     def _train_epoch(self) -> None:
         settings, split = self.settings, self.dataset.splits["train"]
@@ -174,12 +211,14 @@ class Trainer:
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             global_rows = order[step * settings.batch_size:(step + 1) * settings.batch_size].numpy()
             rows = global_rows[self.context.rank::self.context.world_size]  # this rank's share
-            batch = to_device(split.batch(rows), self.device)
+            batch = to_device(split.batch(rows), self.device, tasks=self.model.tasks)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 output = self.model(batch.inputs, batch.lengths, batch.present)
                 losses = self._global_mean(self.model.task_losses(output, batch.targets, batch.task_masks))
-            present = self._global_any(self.model.labelled_tasks(output, batch.targets, batch.task_masks))
-            values, flags = torch.stack([losses.detach().double(), present.double()]).cpu()  # the step's one host copy
+            present, stop_votes = self._vote(self.model.labelled_tasks(output, batch.targets, batch.task_masks))
+            host = torch.cat([losses.detach().double(), present.double(), stop_votes]).cpu()  # the step's one host copy
+            tasks = len(self.model.tasks)
+            values, flags, stop_voted = host[:tasks], host[tasks:2 * tasks], bool(host[2 * tasks:].sum() > 0)
             self._check_finite(values.where(flags.bool(), 0.0))  # an absent task's loss takes no part
             regularization = self.model.regularization()
             self.optimizer.zero_grad(set_to_none=True)
@@ -203,6 +242,9 @@ class Trainer:
             means = self._epoch_means().tolist()
             progress.update(f"epoch {self.epoch + 1}/{settings.epochs}", step + 1, self.steps_per_epoch,
                             dict(zip(self.model.tasks, means)))
+            if stop_voted if self.context.active else self.signals.received is not None:
+                progress.close()
+                self._stop_at_boundary(save=True)
         progress.close()
 
     def _global_mean(self, losses: torch.Tensor) -> torch.Tensor:
@@ -216,11 +258,31 @@ class Trainer:
         mean = distributed.sum_across(losses.detach(), self.context) / self.context.world_size
         return losses + (mean - losses.detach())
 
-    def _global_any(self, present: torch.Tensor) -> torch.Tensor:
-        """Bool ``[T]``: a task is present in the step when any rank has a labelled sample of it."""
+    def _vote(self, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bool ``[T]``: a task is present in the step when any rank has a labelled sample of it; and the
+        number of ranks asked to stop (float64 ``[1]``; empty ``[0]`` for one process, which reads its own
+        signal flag instead). Both ride in one all-reduce, read with the step's one host copy."""
         if not self.context.active:
-            return present
-        return distributed.sum_across(present.float(), self.context) > 0
+            return present, present.new_zeros(0, dtype=torch.float64)
+        asked = torch.tensor([float(self.signals.received is not None)], device=present.device)
+        votes = distributed.sum_across(torch.cat([present.float(), asked]), self.context)
+        return votes[:-1] > 0, votes[-1:].double()
+
+    def _stop_at_boundary(self, save: bool) -> None:
+        """Save ``last.pt`` at this step boundary (unless the epoch's commit just did) and raise
+        :class:`TrainingInterrupted`; every rank calls this at the same step."""
+        if save:
+            state = self._resume_state()
+            if self.context.is_main:
+                with self.signals.saving():
+                    self.folder.save_step(state)
+        number = self.signals.received or signal.SIGTERM  # a rank that got no signal itself stops with the others
+        where = (f"epoch {self.epoch + 1}, step {self.step_in_epoch} of {self.steps_per_epoch}"
+                 if self.step_in_epoch else f"the end of epoch {self.epoch}")
+        processes = f" --nproc {self.context.world_size}" if self.context.active else ""
+        raise TrainingInterrupted(number, f"{signal.Signals(number).name}: stopped at {where}; checkpoint "
+                                          f"{self.out_dir / 'last.pt'}. Continue with "
+                                          f"`mtmm train{processes} --resume {self.out_dir}`")
 
     def _epoch_means(self) -> torch.Tensor:
         """Each task's mean training loss ``[T]`` (float64) over the steps of this epoch where it was present."""
@@ -272,9 +334,7 @@ class Trainer:
         self.epoch_regularization_sum = 0.0
         improved = is_better(self.settings.monitor, monitored, self.best)
         if improved:
-            self.best, self.stale_epochs = monitored, 0
-            if self.context.is_main:
-                save_checkpoint({"model": self.model.state_dict(), "epoch": self.epoch}, self.out_dir / "best.pt")
+            self.best, self.best_epoch, self.stale_epochs = monitored, self.epoch, 0
         else:
             self.stale_epochs += 1
         record = {
@@ -287,14 +347,22 @@ class Trainer:
         }
         if hasattr(self.model.architecture, "regularization"):  # e.g. soft_sharing's coupling penalty
             record["regularization"] = regularization
+        state = self._resume_state()  # every rank takes part: it gathers their RNG states
+        error: RunError | None = None
         if self.context.is_main:
-            with open(self.out_dir / "metrics.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
-            self._log_tensorboard(record)
-        self._save_last()
-        if self.context.is_main:
-            summary = "  ".join(f"{k} {v:.3f}" for k, v in validation.items() if not k.endswith(".loss"))
-            print(f"epoch {self.epoch}/{self.settings.epochs}  {summary}", file=sys.stderr)
+            with self.signals.saving():  # the log line, best.pt and last.pt appear together or not at all
+                try:
+                    self.folder.commit_epoch(state, record, self.model.state_dict() if improved else None)
+                except RunError as caught:
+                    error = caught
+            if error is None:
+                self._log_tensorboard(record)
+                summary = "  ".join(f"{k} {v:.3f}" for k, v in validation.items() if not k.endswith(".loss"))
+                print(f"epoch {self.epoch}/{self.settings.epochs}  {summary}", file=sys.stderr)
+        if distributed.agree(error is not None, self.context):
+            raise error or RunError(f"rank 0 could not write {self.out_dir}; its error says why")
+        if distributed.agree(self.signals.received is not None, self.context):
+            self._stop_at_boundary(save=False)
         return self.settings.patience > 0 and self.stale_epochs >= self.settings.patience
 
     def _log_tensorboard(self, record: dict[str, Any]) -> None:
@@ -323,25 +391,42 @@ class Trainer:
         metrics = evaluate(self.model, self.dataset.splits["test"], self.device, self.settings.eval_batch_size,
                            modalities, self.context)
         if write and self.context.is_main:
-            (self.out_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+            self.folder.write_text("test_metrics.json", json.dumps(metrics, indent=2))
         return metrics
 
     # -- checkpoints --------------------------------------------------------------------------------
-    def _start_run_folder(self) -> None:
-        if not self.context.is_main:
-            return
-        if (self.out_dir / "last.pt").exists():
-            raise FileExistsError(f"{self.out_dir} already holds a run; resume it with --resume or choose --out")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
-        (self.out_dir / "model.yaml").write_text(yaml.safe_dump(self.model_spec, sort_keys=False))
-        (self.out_dir / "metrics.jsonl").write_text("")
+    def _open_run_folder(self, resume: bool, force: bool) -> None:
+        """Rank 0 locks the folder, then starts a new run in it or recovers the one there; every rank
+        then restores the checkpoint when resuming. A failure on rank 0 ends every rank."""
+        state, error = None, None
+        if self.context.is_main and not self.read_only:
+            try:
+                self.folder.lock()
+                if resume:
+                    state = self.folder.recover(map_location=self.device)
+                    if state is None:
+                        raise RunError(f"{self.out_dir} has no checkpoint to resume (the run stopped before "
+                                       "saving one): start it again with `--force`")
+                else:
+                    self.folder.check_new(force)
+                    self.folder.start(yaml.safe_dump(self.config, sort_keys=False),
+                                      yaml.safe_dump(self.model_spec, sort_keys=False))
+            except BaseException as caught:
+                self.folder.unlock()
+                if not isinstance(caught, Exception):
+                    raise
+                error = caught
+        if distributed.agree(error is not None, self.context):
+            raise error or RunError(f"rank 0 could not open the run folder {self.out_dir}; its error says why")
+        if resume:
+            self._restore(state if state is not None else
+                          load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
 
-    def _save_last(self) -> None:
+    def _resume_state(self) -> dict[str, Any]:
+        """Everything ``last.pt`` holds to continue from this step boundary (every rank calls it: it
+        gathers each rank's RNG state; only rank 0's copy is written)."""
         rng_states = distributed.gather(torch.get_rng_state(), self.context)
-        if not self.context.is_main:
-            return
-        save_checkpoint({
+        return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -351,10 +436,11 @@ class Trainer:
             "epoch_present_counts": self.epoch_present_counts,
             "epoch_regularization_sum": self.epoch_regularization_sum,
             "best": self.best,
+            "best_epoch": self.best_epoch,
             "stale_epochs": self.stale_epochs,
             "torch_rng": rng_states,  # one per rank
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }, self.out_dir / "last.pt")
+        }
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -366,7 +452,10 @@ class Trainer:
             "epoch_present_counts", torch.full_like(self.epoch_loss_sums, float(self.step_in_epoch)))
         self.epoch_regularization_sum = state["epoch_regularization_sum"]
         self.best, self.stale_epochs = state["best"], state["stale_epochs"]
+        self.best_epoch = state.get("best_epoch")
         rng_states = state["torch_rng"]
+        if self.read_only:  # evaluating: no random draws to continue, any number of processes will do
+            return
         if len(rng_states) != self.context.world_size:
             raise ValueError(f"{self.out_dir} was trained by {len(rng_states)} processes; resume it with as many "
                              f"(this run has {self.context.world_size})")

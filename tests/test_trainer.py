@@ -30,7 +30,9 @@ def test_a_short_run_learns_well_above_chance_and_writes_its_run_folder(small_da
     assert state["epoch"] == 5 and "optimizer" in state and "scheduler" in state
 
 
-def test_an_interrupted_run_resumes_to_the_same_metrics(small_data, tmp_path, monkeypatch):
+def test_a_run_killed_mid_step_resumes_from_the_last_commit_to_the_same_metrics(small_data, tmp_path, monkeypatch):
+    """A KeyboardInterrupt raised inside a step (not a signal: tests/test_interrupts.py covers those) saves
+    nothing; the epoch-1 commit is the resume point."""
     overrides = ("train.epochs=2", "data.train_rows=384", "model.modality_dropout=0.3")
     straight = Trainer(small_config(*overrides), tmp_path / "straight").run()
 
@@ -48,7 +50,8 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(small_data, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         Trainer(small_config(*overrides), tmp_path / "resumed").run()
     monkeypatch.setattr(FewRows, "batch", original)
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step_in_epoch"] == 2
+    state = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
     resumed = Trainer(small_config(*overrides), tmp_path / "resumed", resume=True).run()
     assert json.dumps(resumed, sort_keys=True) == json.dumps(straight, sort_keys=True)
 
@@ -132,12 +135,16 @@ def test_epochs_are_mirrored_to_tensorboard_when_it_is_installed(small_data, tmp
         def flush(self):
             pass
 
+        def close(self):
+            written.append(("closed",))
+
     monkeypatch.setattr("mtmm_core.trainer.tensorboard_writer_class", lambda: RecordingWriter)
     Trainer(small_config("train.epochs=2", "data.train_rows=128"), tmp_path / "run").run()
     assert written[0] == ("dir", str(tmp_path / "run" / "tensorboard"))
-    tags = {entry[0] for entry in written[1:]}
+    assert written[-1] == ("closed",)
+    tags = {entry[0] for entry in written[1:-1]}
     assert {"train/image_digit", "validation/match.accuracy", "task_weights/digit_sum", "lr"} <= tags
-    assert {entry[2] for entry in written[1:]} == {1, 2}
+    assert {entry[2] for entry in written[1:-1]} == {1, 2}
 
 
 def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(small_data, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from mtmm_core.checkpoint import load_checkpoint, save_checkpoint
 from mtmm_core.cli import main as cli_main
 from mtmm_core.config import load_config
 from mtmm_core.spec import build_model
+from mtmm_core.interrupts import TrainingInterrupted
 from mtmm_core.trainer import Trainer
 from mtmm_core.transfer import freeze, load_weights, transfer_settings
 from small_data import FewRows, small_config
@@ -143,7 +146,7 @@ def test_cli_init_from_sets_the_transfer_section(monkeypatch, tmp_path):
     seen = {}
 
     class Recorder:
-        def __init__(self, config, out_dir, resume=False):
+        def __init__(self, config, out_dir, resume=False, force=False):
             seen["config"] = config
 
         def run(self):
@@ -184,12 +187,12 @@ def test_a_run_interrupted_after_unfreezing_resumes_to_the_same_metrics(small_da
     def interrupt_in_epoch_2(self, rows):
         if self.rows == 128 and len(rows) == 64:
             calls["n"] += 1
-            if calls["n"] == 4:  # epoch 2, second step: after unfreezing
-                raise KeyboardInterrupt
+            if calls["n"] == 3:  # epoch 2, first step: after unfreezing; it stops when the step is done
+                os.kill(os.getpid(), signal.SIGINT)
         return original(self, rows)
 
     monkeypatch.setattr(FewRows, "batch", interrupt_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted):
         Trainer(small_config(*FREEZE), tmp_path / "resumed").run()
     monkeypatch.setattr(FewRows, "batch", original)
     state = load_checkpoint(tmp_path / "resumed" / "last.pt")
