@@ -97,21 +97,43 @@ def _check_task(i: int, kind: object, pred: object, target: object, mask: object
             raise ValueError(f"{where}: task mask must be bool [B={pred.shape[0]}], got {got}")
         if mask.device != device:
             raise ValueError(f"{where}: task mask is on {mask.device}, expected {device}")
+
+
+def _bad_labels(kind: str, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+                ignore_index: int) -> torch.Tensor | None:
+    """Bool ``[B]`` (on the device, no host sync): labelled samples whose target the loss cannot take,
+    a class index outside ``[0, C)`` (cross_entropy) or a probability outside ``[0, 1]`` (bce)."""
     if kind == "cross_entropy":
-        _check_classes(where, pred.shape[1], target, mask, ignore_index)
-
-
-def _check_classes(where: str, num_classes: int, target: torch.Tensor, mask: torch.Tensor | None,
-                   ignore_index: int) -> None:
-    """Class indices of labelled samples must lie in ``[0, C)`` (reads one flag on the host)."""
-    labelled = target != ignore_index
+        labelled = target != ignore_index
+        bad = (target < 0) | (target >= pred.shape[1])
+    elif kind == "bce":
+        labelled = torch.ones(target.shape[:1], dtype=torch.bool, device=target.device)
+        outside = (target < 0) | (target > 1)
+        bad = outside if outside.dim() == 1 else outside.any(dim=1)
+    else:
+        return None
     if mask is not None:
         labelled = labelled & mask
-    bad = labelled & ((target < 0) | (target >= num_classes))
-    if bool(bad.any()):
-        sample = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{where}: target class {int(target[sample])} at sample {sample} is out of range "
-                         f"[0, {num_classes}) (ignore_index={ignore_index})")
+    return labelled & bad
+
+
+def _check_labels(kinds: Sequence[str], targets: Sequence[torch.Tensor], bad: list[torch.Tensor | None],
+                  num_classes: Sequence[int | None], ignore_index: int) -> None:
+    """Raise for the first task with a bad label; reads one flag on the host for all tasks together."""
+    flagged = [(i, b) for i, b in enumerate(bad) if b is not None]
+    if not flagged or not bool(torch.stack([b.any() for _, b in flagged]).any()):
+        return
+    for i, b in flagged:
+        if bool(b.any()):
+            sample = int(b.nonzero()[0, 0])
+            where = f"task {i} ({kinds[i]})"
+            if kinds[i] == "cross_entropy":
+                raise ValueError(f"{where}: target class {int(targets[i][sample])} at sample {sample} is out of "
+                                 f"range [0, {num_classes[i]}) (ignore_index={ignore_index})")
+            value = targets[i][sample].flatten()
+            shown = float(value[((value < 0) | (value > 1)).nonzero()[0, 0]])
+            raise ValueError(f"{where}: target {shown:g} at sample {sample} is outside [0, 1]; binary targets "
+                             "are probabilities (0 or 1 for hard labels)")
 
 
 def _task_vector(name: str, value: object, num_tasks: int, device: torch.device, dtype: torch.dtype,
@@ -130,7 +152,8 @@ def _task_vector(name: str, value: object, num_tasks: int, device: torch.device,
 def validate_multitask_args(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], kinds: Sequence[str],
                             weights: torch.Tensor | Sequence[float] | None, log_vars: torch.Tensor | None,
                             task_masks: Sequence[torch.Tensor | None] | None, ignore_index: int) -> MultitaskArgs:
-    """Check every task's kind, shapes, dtypes, devices, masks and class indices; resolve the weights."""
+    """Check every task's kind, shapes, dtypes, devices, masks and labels (class indices in range, binary
+    targets in [0, 1]; one host read for all tasks); resolve the weights."""
     num_tasks = _check_lengths(preds, targets, kinds, task_masks)
     masks = tuple(task_masks) if task_masks is not None else (None,) * num_tasks
     if not isinstance(preds[0], torch.Tensor):
@@ -140,6 +163,9 @@ def validate_multitask_args(preds: Sequence[torch.Tensor], targets: Sequence[tor
         raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
     for i in range(num_tasks):
         _check_task(i, kinds[i], preds[i], targets[i], masks[i], device, ignore_index)
+    _check_labels(kinds, targets, [_bad_labels(kinds[i], preds[i], targets[i], masks[i], ignore_index)
+                                   for i in range(num_tasks)],
+                  [p.shape[1] if k == "cross_entropy" else None for p, k in zip(preds, kinds)], ignore_index)
     loss_dtype = torch.float64 if any(p.dtype == torch.float64 for p in preds) else torch.float32
     if log_vars is not None:
         if not isinstance(log_vars, torch.Tensor):

@@ -9,6 +9,7 @@ import shutil
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,7 +17,7 @@ import yaml
 
 from mtmm_core import plugins
 from mtmm_core.components import describe, list_components
-from mtmm_core.errors import MtmmError
+from mtmm_core.errors import MtmmError, NonFiniteError, RunError, UsageError
 from mtmm_core.registry import KINDS, normalize_kind
 
 
@@ -105,6 +106,7 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
 
 def _launch_processes(args: argparse.Namespace) -> int:
     """``mtmm train --nproc N``: run this same command in N processes through torchrun."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main as torchrun
 
     argv = list(args.argv)
@@ -117,24 +119,55 @@ def _launch_processes(args: argparse.Namespace) -> int:
         argv += ["--out", str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))]  # one folder for every rank
     try:
         torchrun(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "mtmm_core.cli", *argv])
+    except SignalException as error:  # Ctrl-C or SIGTERM: torchrun passed it on; rank 0 said where it saved
+        return 128 + int(error.sigval)
     except Exception as error:  # torchrun's ChildFailedError: the ranks' own errors are printed above
         print(f"mtmm: error: a training process failed: {type(error).__name__}", file=sys.stderr)
         return 1
     return 0
 
 
+# --set keys a resumed run may change: they do not change what it computes.
+RESUMABLE_SETTINGS = ("train.device", "train.progress", "train.eval_batch_size", "train.collective_timeout")
+
+
+def _resumed_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The config of the run in ``--resume RUN_DIR``, with the ``--set`` overrides a resume may apply."""
+    from mtmm_core.config import read_run_config
+
+    for flag, value in (("a config file", args.config), ("--data", args.data), ("--init-from", args.init_from),
+                        ("--force", args.force)):
+        if value:
+            raise UsageError(f"--resume continues {args.resume} with its own config.yaml; {flag} cannot be "
+                             "combined with it (start a new run with --init-from RUN_DIR to reuse its weights)")
+    overrides = list(args.set or [])
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if key not in RESUMABLE_SETTINGS:
+            raise UsageError(f"--set {key} cannot change a resumed run: its config.yaml fixes that value so "
+                             f"the run continues exactly as it started. A resume may set only "
+                             f"{', '.join(RESUMABLE_SETTINGS)}; to change anything else, start a new run "
+                             f"with --init-from {args.resume}")
+    config = read_run_config(args.resume, overrides)
+    for override in overrides:
+        print(f"resuming with {override} (this session only; config.yaml keeps the run's own value)",
+              file=sys.stderr)
+    return config
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from mtmm_core.config import load_config, validate_config
+    from mtmm_core.config import load_config
+    from mtmm_core.interrupts import TrainingInterrupted
     from mtmm_core.trainer import Trainer
 
     distributed_job = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.nproc > 1 and not distributed_job:
         return _launch_processes(args)
     if distributed_job and not args.out and not args.resume:
-        raise ValueError("under torchrun, pass --out RUN_DIR so that every process writes to the same run folder")
+        raise UsageError("under torchrun, pass --out RUN_DIR so that every process writes to the same run folder")
 
     if args.resume:
-        config = validate_config(yaml.safe_load((Path(args.resume) / "config.yaml").read_text()))
+        config = _resumed_config(args)
         out_dir = Path(args.resume)
     else:
         overrides = list(args.set or [])
@@ -145,25 +178,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
         out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     started = time.time()
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
-        metrics = Trainer(config, out_dir, resume=bool(args.resume)).run()
+        metrics = Trainer(config, out_dir, resume=bool(args.resume), force=args.force).run()
+    except TrainingInterrupted as stopped:
+        if main_rank:
+            print(f"mtmm: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
+        if main_rank:
+            print(f"mtmm: stopped at once; this step was not saved. The last checkpoint is {out_dir / 'last.pt'}: "
+                  f"continue with `mtmm train --resume {out_dir}`", file=sys.stderr)
         return 130
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
         _print_metrics(metrics, f"test metrics ({time.time() - started:.0f} s, run folder {out_dir}):")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mtmm_core.config import validate_config
+    from mtmm_core.config import read_run_config
+    from mtmm_core.evaluation import select_modalities
     from mtmm_core.trainer import Trainer
 
     run = Path(args.run_dir)
-    config = validate_config(yaml.safe_load((run / "config.yaml").read_text()))
+    config = read_run_config(run)
+    if not (run / "last.pt").is_file():
+        raise UsageError(f"{run} holds no checkpoint (last.pt): the run did not finish an epoch")
     if args.data:
         config["data"] = {"name": args.data}
-    trainer = Trainer(config, run, resume=True)
-    modalities = args.modalities.split(",") if args.modalities else None
+    trainer = Trainer(config, run, resume=True, read_only=True)
+    modalities = select_modalities(args.modalities, trainer.model.modalities)
     metrics = trainer.test(modalities=modalities, write=False)
     if args.json:
         _print_json(metrics)
@@ -191,9 +235,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from mtmm_core.data_fit import check_against_config
+    from mtmm_core.errors import UsageError
     from mtmm_core.userdata import FolderDataset, check_dataset, summary_line
 
-    problems = check_dataset(args.path)
+    if not Path(args.path).is_dir():
+        raise UsageError(f"{args.path}: no such folder; give a data folder holding dataset.yaml (docs/data.md)")
+    if args.set and not args.config:
+        raise UsageError("--set overrides a config: give one with --config CONFIG")
+    if args.config:  # a config that cannot be read raises: exit 2
+        problems = check_against_config(args.path, args.config, list(args.set or []))
+    else:
+        problems = check_dataset(args.path)
     summary = None if problems else FolderDataset(args.path, check=False).summary()
     if args.json:
         _print_json({"ok": not problems, "problems": [asdict(p) for p in problems], "summary": summary})
@@ -203,6 +256,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {args.path}", file=sys.stderr)
     else:
         print(summary_line(summary))
+        if args.config:
+            print(f"{args.path}: fits the model of config {args.config}")
     return 1 if problems else 0
 
 
@@ -233,7 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     training.add_argument("--data", help="the data set: a registered name or a data folder (docs/data.md)")
     training.add_argument("--out", help="run folder (default runs/<time>)")
-    training.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    training.add_argument("--resume", metavar="RUN_DIR",
+                          help=f"continue an interrupted run (--set may change only {', '.join(RESUMABLE_SETTINGS)})")
+    training.add_argument("--force", action="store_true",
+                          help="start the run even if --out holds other files (an old run's files are replaced)")
     training.add_argument("--init-from", metavar="RUN_DIR",
                           help="initialise from that run's weights (transfer.init_from; docs/transfer.md)")
     training.add_argument("--nproc", type=int, default=1,
@@ -263,21 +321,75 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     checking = data_commands.add_parser("check", help="report every problem of a data folder; exit 1 if any")
     checking.add_argument("path", help="a folder holding dataset.yaml and .npy files")
+    checking.add_argument("--config", help="also check the data against the model of this config "
+                                           "(a config file, or the name of a shipped config)")
+    checking.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="override a value of --config, as for mtmm train (repeatable)")
     checking.add_argument("--json", action="store_true", help="machine-readable output")
     checking.set_defaults(run=cmd_data_check)
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line; an ``OSError`` about a file as ``<path>: <reason>``."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        filename = os.fsdecode(error.filename) if isinstance(error.filename, bytes) else error.filename
+        return f"{filename}: {error.strerror}"
+    if isinstance(error, yaml.YAMLError):
+        from mtmm_core.config import yaml_problem
+
+        return f"invalid YAML: {yaml_problem(error)}"
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text or type(error).__name__
+
+
+def _warning_printer(default: Any) -> Any:
+    """A ``warnings.showwarning`` that prints mtmm's own warnings (ConfigWarning) as one
+    ``mtmm: warning: ...`` line, from rank 0 only, and hands any other warning to ``default``."""
+    from mtmm_core.config import ConfigWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, ConfigWarning):
+            return default(message, category, filename, lineno, file, line)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"mtmm: warning: {message}", file=sys.stderr)
+
+    return show
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Command-line values argparse cannot check by type alone; a UsageError names the flag."""
+    nproc = getattr(args, "nproc", 1)
+    if nproc is not None and nproc < 1:
+        raise UsageError(f"--nproc must be at least 1 (the number of training processes), got {nproc}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``mtmm`` command; returns the exit status."""
+    """Run the ``mtmm`` command; returns the exit status: 0 on success, 2 for a bad command line,
+    config, value or file (one ``mtmm: error:`` line naming it), 1 when a run could not go on
+    (RunError, a non-finite loss, an OS error such as a full disk), 130 on Ctrl-C."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        return args.run(args)
-    except (MtmmError, ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
-        print(f"mtmm: error: {error}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            check_flags(args)
+            return args.run(args)
+    except (RunError, NonFiniteError) as error:
+        print(f"mtmm: error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except (MtmmError, ValueError, FileNotFoundError, FileExistsError, ImportError, yaml.YAMLError) as error:
+        print(f"mtmm: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. a full disk or a permission denied while writing
+        print(f"mtmm: error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as error:  # commands other than train, which handles its own
+        code = getattr(error, "exit_code", 130)
+        if not hasattr(error, "exit_code"):
+            print("mtmm: interrupted", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

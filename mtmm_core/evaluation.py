@@ -2,20 +2,44 @@
 
 from __future__ import annotations
 
+import difflib
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 from mtmm_core import distributed
 from mtmm_core.contracts import Batch
+from mtmm_core.errors import UsageError
 from mtmm_core.metrics import HIGHER_IS_BETTER, task_metrics
 from mtmm_core.model import MultimodalMultitaskModel
 
 
-def to_device(batch: Batch, device: torch.device, modalities: list[str] | None = None) -> Batch:
-    """Move a batch's tensors to ``device``, keeping only ``modalities`` when given."""
+def select_modalities(requested: str | Iterable[str] | None, available: Iterable[str],
+                      source: str = "--modalities") -> list[str] | None:
+    """The modalities to evaluate with: ``requested`` (a comma-separated string or a list), checked
+    against the model's ``available`` ones; None (all) when ``requested`` is None. A name the model
+    lacks, or an empty selection, is a UsageError naming ``source`` with the valid names and a close match."""
+    if requested is None:
+        return None
+    names = requested.split(",") if isinstance(requested, str) else list(requested)
+    names = list(dict.fromkeys(str(name).strip() for name in names if str(name).strip()))
+    available = sorted(available)
+    if not names:
+        raise UsageError(f"{source}: no modality given; this model takes {', '.join(available)}")
+    for name in names:
+        if name not in available:
+            close = difflib.get_close_matches(name, available, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"{source}: unknown modality {name!r}{hint}; this model takes {', '.join(available)}")
+    return names
+
+
+def to_device(batch: Batch, device: torch.device, modalities: list[str] | None = None,
+              tasks: list[str] | None = None) -> Batch:
+    """Move a batch's tensors to ``device``, keeping only ``modalities`` and the targets of ``tasks``
+    when given (a data set may label tasks that the model leaves out)."""
 
     def move(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
@@ -25,9 +49,10 @@ def to_device(batch: Batch, device: torch.device, modalities: list[str] | None =
         return value
 
     keep = (lambda d: d) if modalities is None else (lambda d: {m: v for m, v in (d or {}).items() if m in modalities})
-    return Batch(move(keep(batch.inputs)), move(keep(batch.lengths)), move(batch.targets),
+    labelled = (lambda d: d) if tasks is None else (lambda d: {t: v for t, v in d.items() if t in tasks})
+    return Batch(move(keep(batch.inputs)), move(keep(batch.lengths)), move(labelled(batch.targets)),
                  move(keep(batch.present)) if batch.present is not None else None,
-                 move(batch.task_masks) if batch.task_masks is not None else None)
+                 move(labelled(batch.task_masks)) if batch.task_masks is not None else None)
 
 
 @torch.no_grad()
@@ -39,6 +64,7 @@ def evaluate(model: MultimodalMultitaskModel, split: Any, device: torch.device, 
     ``modalities`` restricts the inputs to a subset (the model degrades, it does not fail). With
     several ranks each scores every ``world_size``-th sample and the results are gathered.
     """
+    modalities = select_modalities(modalities, model.modalities, source="modalities")
     model.eval()
     predictions: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
     targets: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
@@ -47,7 +73,7 @@ def evaluate(model: MultimodalMultitaskModel, split: Any, device: torch.device, 
     rows = np.arange(context.rank, len(split), context.world_size)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        batch = to_device(split.batch(chunk), device, modalities)
+        batch = to_device(split.batch(chunk), device, modalities, model.tasks)
         output = model(batch.inputs, batch.lengths, batch.present)
         loss_sums += model.task_losses(output, batch.targets, batch.task_masks).double().cpu() * len(chunk)
         for task, head in model.heads.items():

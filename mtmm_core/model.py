@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from typing import Any, Mapping, NamedTuple
 
 import torch
@@ -36,6 +38,10 @@ def batch_size_of(x: Any) -> int:
     raise ValueError(f"cannot tell the batch size of a {type(x).__name__}; pass a tensor, a list or a dict")
 
 
+class UnknownTaskWarning(UserWarning):
+    """Targets or task masks name a task the model does not have (ignored; perhaps a typo)."""
+
+
 class MultimodalMultitaskModel(nn.Module):
     """Encoders per modality, one fusion, a multitask architecture, task heads and a loss weighting.
 
@@ -56,6 +62,7 @@ class MultimodalMultitaskModel(nn.Module):
         self.architecture = architecture
         self.heads = nn.ModuleDict(heads)
         self.weighting = weighting
+        self._warned_keys: set[tuple[str, str]] = set()  # unknown task keys already warned about
         self.modality_dropout = modality_dropout
         self.spec = dict(spec or {})
 
@@ -110,6 +117,7 @@ class MultimodalMultitaskModel(nn.Module):
         ``prediction / scale`` against ``target / scale``, so tasks in different units weigh alike.
         """
         task_masks = dict(task_masks or {})
+        self._check_task_keys(targets, task_masks)
         losses: dict[str, torch.Tensor] = {}
         supervised: list[str] = []
         for task, head in self.heads.items():
@@ -151,6 +159,7 @@ class MultimodalMultitaskModel(nn.Module):
         both of its modalities. The weightings leave absent tasks out of the step. No host sync.
         """
         task_masks = dict(task_masks or {})
+        self._check_task_keys(targets, task_masks)
         flags = []
         for task, head in self.heads.items():
             prediction, mask = output.predictions[task], task_masks.get(task)
@@ -237,6 +246,20 @@ class MultimodalMultitaskModel(nn.Module):
             restore = torch.zeros_like(stacked).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
             kept = kept | (restore & empty[:, None])
         return {m: kept[:, i] for i, m in enumerate(names)}
+
+    def _check_task_keys(self, targets: Mapping[str, Any], task_masks: Mapping[str, Any]) -> None:
+        """Warn (once per key) about a target or task mask for a task this model does not have: legal (a data
+        set may label more tasks than a model learns) but, when the name is close to a task's, a typo that
+        would leave that task without labels."""
+        for name, mapping in (("targets", targets), ("task_masks", task_masks)):
+            for key in mapping:
+                if key in self.heads or (name, key) in self._warned_keys:
+                    continue
+                self._warned_keys.add((name, key))
+                close = difflib.get_close_matches(str(key), list(self.heads), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                warnings.warn(f"{name} has task {key!r}{hint}, which this model does not have; it is ignored. "
+                              f"The model's tasks: {', '.join(self.heads)}", UnknownTaskWarning, stacklevel=3)
 
     def _check_encoded(self, modality: str, encoded: Any, batch: int) -> None:
         encoder = self.encoders[modality]

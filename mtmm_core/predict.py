@@ -6,23 +6,54 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from mtmm_core.checkpoint import load_checkpoint
-from mtmm_core.spec import build_model
+from mtmm_core.config import read_run_model_spec
 from mtmm_core.data import load_dataset
-from mtmm_core.evaluation import to_device
+from mtmm_core.errors import SpecError, UsageError
+from mtmm_core.evaluation import select_modalities, to_device
+from mtmm_core.spec import build_model
+
+
+def run_weights(run_dir: str | Path) -> Path:
+    """The checkpoint to evaluate a run with: ``best.pt``, else ``last.pt``; a UsageError when there is neither."""
+    run_dir = Path(run_dir)
+    for name in ("best.pt", "last.pt"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise UsageError(f"{run_dir} holds no checkpoint (best.pt or last.pt): the run did not finish an epoch")
 
 
 def load_trained_model(run_dir: str | Path, device: str = "cpu"):
     """The run's model (from ``model.yaml``) with its best weights (``best.pt``, else ``last.pt``)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "model.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir / 'model.yaml'} does not exist: is {run_dir} an mtmm run folder?")
-    model = build_model(yaml.safe_load((run_dir / "model.yaml").read_text())).to(device)
-    weights = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
-    model.load_state_dict(load_checkpoint(weights, device)["model"])
+    spec = read_run_model_spec(run_dir)
+    weights = run_weights(run_dir)
+    try:
+        model = build_model(spec).to(device)
+    except SpecError as error:
+        raise SpecError(str(run_dir / "model.yaml"), str(error)) from error
+    state = load_checkpoint(weights, device)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError) as error:
+        reason = " ".join(str(error).split())
+        raise UsageError(f"{weights} does not fit the model of {run_dir / 'model.yaml'}: {reason[:300]}") from error
     return model.eval()
+
+
+def check_output_file(out: str | Path, flag: str = "--out") -> Path:
+    """``out`` as a file to write: not a folder, and no file where a folder on its path should be
+    (missing folders are made when writing). Problems are UsageErrors naming ``flag``."""
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"{flag} {out} is a folder; give a file path, e.g. {out / 'predictions.npz'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {out}: {parent} is a file, so it cannot hold {out.name}")
+            break
+    return out
 
 
 @torch.no_grad()
@@ -31,7 +62,9 @@ def predict(run_dir: str | Path, data: str, out: str | Path, batch_size: int = 2
     """Write ``out`` (.npz): per task the head's raw prediction ``<task>`` (logits or values),
     ``<task>.label`` (argmax class) for classification, ``<task>.probability`` for binary heads,
     and ``split`` and ``row`` (the row within its split, or the folder row for data folders)."""
+    out = check_output_file(out)
     model = load_trained_model(run_dir)
+    modalities = select_modalities(modalities, model.modalities)
     dataset = load_dataset({"name": data})
     device = next(model.parameters()).device
     collected: dict[str, list[np.ndarray]] = {task: [] for task in model.tasks}
@@ -55,7 +88,6 @@ def predict(run_dir: str | Path, data: str, out: str | Path, batch_size: int = 2
             arrays[f"{task}.label"] = values.argmax(axis=1)
         elif head.loss_kind == "bce":
             arrays[f"{task}.probability"] = 1.0 / (1.0 + np.exp(-values))
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as file:  # np.savez would append .npz to a name without it
         np.savez(file, **arrays)

@@ -45,7 +45,9 @@ def load_spec(source: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise SpecError("", f"{path} is not valid YAML: {error}") from error
+        from mtmm_core.config import yaml_problem
+
+        raise SpecError("", f"{path} is not valid YAML: {yaml_problem(error)}") from error
     if not isinstance(loaded, Mapping):
         raise SpecError("", f"{path} must hold a mapping at the top level, got {type(loaded).__name__}")
     return dict(loaded)
@@ -55,10 +57,9 @@ def build_model(spec: Mapping[str, Any] | str | Path) -> MultimodalMultitaskMode
     """Compose a :class:`MultimodalMultitaskModel` from a spec (dict or YAML path); see this module's docstring."""
     spec = load_spec(spec)
     _check_keys(spec, "", TOP_LEVEL_KEYS, required=("encoders", "fusion", "tasks"))
+    check_spec_values(spec)
     dim = _typed(spec, "dim", int, 128, "")
     modality_dropout = _typed(spec, "modality_dropout", float, 0.0, "")
-    if not 0.0 <= modality_dropout < 1.0:
-        raise SpecError("modality_dropout", f"must be in [0, 1), got {modality_dropout}")
 
     encoder_specs = _mapping(spec["encoders"], "encoders", non_empty=True)
     encoders = {}
@@ -87,6 +88,22 @@ def build_model(spec: Mapping[str, Any] | str | Path) -> MultimodalMultitaskMode
     return MultimodalMultitaskModel(encoders, fusion, architecture, heads, weighting, modality_dropout, spec)
 
 
+def check_spec_values(spec: Mapping[str, Any], prefix: str = "") -> None:
+    """The checks that need no component: ``dim``, ``modality_dropout``, and the modality and task names
+    (those present). Errors name ``prefix + key``; run configs call it with ``prefix="model."``, before training."""
+    dim = _typed(spec, "dim", int, 128, prefix)
+    if dim < 1:
+        raise SpecError(f"{prefix}dim", f"must be a positive integer (the token width, e.g. 64), got {dim}")
+    modality_dropout = _typed(spec, "modality_dropout", float, 0.0, prefix)
+    if not 0.0 <= modality_dropout < 1.0:  # also refuses NaN
+        raise SpecError(f"{prefix}modality_dropout", f"must be in [0, 1), got {modality_dropout}")
+    if isinstance(spec.get("encoders"), Mapping):
+        _check_names(spec["encoders"], f"{prefix}encoders", "modality",
+                     "module names cannot contain dots")
+    if isinstance(spec.get("tasks"), Mapping):
+        _check_names(spec["tasks"], f"{prefix}tasks", "task", "metric keys are '<task>.<metric>'")
+
+
 def _instantiate(kind: str, name: str, params: dict[str, Any], path: str,
                  defaults: Mapping[str, Any] | None = None, **wiring: Any) -> Any:
     """Resolve ``name``, check ``params`` against the factory, add the defaults and wiring it accepts, call it."""
@@ -105,7 +122,8 @@ def _instantiate(kind: str, name: str, params: dict[str, Any], path: str,
     arguments.update({k: v for k, v in wiring.items() if accepted is None or k in accepted})
     try:
         return component.factory(**arguments)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, RuntimeError, ArithmeticError) as error:
+        # RuntimeError/ArithmeticError: torch refusing e.g. a negative size, or a zero head count
         raise SpecError(path, f"{kind} {name!r} rejected its parameters: {error}") from error
 
 
@@ -141,6 +159,17 @@ def _with_default_name(entry: Any, default: dict[str, str]) -> Any:
     if isinstance(entry, Mapping) and "name" not in entry:
         return {**default, **entry}
     return entry
+
+
+def _check_names(entries: Mapping[Any, Any], path: str, what: str, why: str) -> None:
+    """Modality and task names are non-empty strings without dots: they become module names and,
+    for tasks, metric keys ``<task>.<metric>``."""
+    for name in entries:
+        if not isinstance(name, str) or not name:
+            raise SpecError(f"{path}.{name}", f"a {what} name must be a non-empty string, got {name!r}")
+        if "." in name:
+            raise SpecError(f"{path}.{name}", f"a {what} name must not contain '.' ({why}); "
+                            f"use e.g. {name.replace('.', '_')!r}")
 
 
 def _mapping(value: Any, path: str, non_empty: bool = False) -> dict[str, Any]:

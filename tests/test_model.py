@@ -9,6 +9,7 @@ import torch
 
 import mtmm_core
 from mtmm_core import SpecError, build_model
+from mtmm_core.model import UnknownTaskWarning
 
 DIM = 32
 
@@ -121,8 +122,15 @@ def test_the_issue_example_spec_builds_and_loads_from_yaml(tmp_path):
     )
     model = build_model(spec_file)
     inputs, lengths, targets = image_audio_batch(3)
-    total, per_task = model.compute_loss(model(inputs, lengths), targets)
+    output = model(inputs, lengths)
+    total, per_task = model.compute_loss(output, {task: targets[task] for task in model.tasks})
     assert total.requires_grad and list(per_task) == ["digit", "sum"]
+    with pytest.warns(UnknownTaskWarning, match=r"targets has task 'match', which this model does not have; "
+                                                r"it is ignored. The model's tasks: digit, sum"):
+        with_extra, _ = model.compute_loss(output, targets)
+    assert torch.equal(with_extra, total)
+    with pytest.warns(UnknownTaskWarning, match=r"task_masks has task 'sun' \(did you mean 'sum'\?\)"):
+        model.compute_loss(output, {"sum": targets["sum"]}, {"sun": torch.zeros(3, dtype=torch.bool)})
 
 
 @pytest.mark.parametrize("edit, path, message", [

@@ -111,6 +111,11 @@ def _args():
         (lambda p, t, k, kw: kw.update(weights=[1.0, float("inf")]), r"task 1: weights\[1\] = inf is not finite"),
         (lambda p, t, k, kw: kw.update(log_vars=torch.zeros(3)), r"log_vars must have shape \[T=2\]"),
         (lambda p, t, k, kw: kw.update(backend="cuda"), r"backend must be one of"),
+        (lambda p, t, k, kw: (k.__setitem__(1, "bce"), t.__setitem__(1, torch.tensor([0.0, 1.0, 2.0, 1.0]))),
+         r"task 1 \(bce\): target 2 at sample 2 is outside \[0, 1\]"),
+        (lambda p, t, k, kw: (k.__setitem__(1, "bce"), p.__setitem__(1, torch.randn(4, 2)),
+                              t.__setitem__(1, torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [1.0, -0.25]]))),
+         r"task 1 \(bce\): target -0.25 at sample 3 is outside \[0, 1\]"),
     ],
 )
 def test_bad_input_raises_naming_the_task(change, message):
@@ -119,6 +124,14 @@ def test_bad_input_raises_naming_the_task(change, message):
     change(preds, targets, kinds, kwargs)
     with pytest.raises(ValueError, match=message):
         multitask_loss(preds, targets, kinds, **kwargs)
+
+
+def test_a_binary_target_outside_0_1_is_fine_where_unlabelled():
+    preds, targets = [torch.randn(4)], [torch.tensor([0.0, 1.0, 2.0, 1.0])]
+    _, per_task = multitask_loss(preds, targets, ["bce"], task_masks=[torch.tensor([True, True, False, True])])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(preds[0].double()[[0, 1, 3]],
+                                                                    targets[0].double()[[0, 1, 3]])
+    torch.testing.assert_close(per_task[0].double(), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_out_of_range_class_is_fine_where_unlabelled():
