@@ -117,11 +117,24 @@ def _launch_processes(args: argparse.Namespace) -> int:
         argv = [a for a in argv if not a.startswith("--nproc=")]
     if not args.out and not args.resume:
         argv += ["--out", str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))]  # one folder for every rank
+    # Usage errors once, here, rather than once per process: the config, and where the run goes.
+    from mtmm_core.config import load_config
+    from mtmm_core.run_folder import RunFolder
+
+    if args.resume:
+        _resumed_config(args)
+    else:
+        load_config(args.config, list(args.set or []))
+        if args.out:
+            RunFolder(args.out).check_new(args.force)
     try:
         torchrun(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "mtmm_core.cli", *argv])
     except SignalException as error:  # Ctrl-C or SIGTERM: torchrun passed it on; rank 0 said where it saved
         return 128 + int(error.sigval)
     except Exception as error:  # torchrun's ChildFailedError: the ranks' own errors are printed above
+        codes = {failure.exitcode for failure in getattr(error, "failures", {}).values()}
+        if codes == {2}:  # the same usage error in every process, already printed
+            return 2
         print(f"mtmm: error: a training process failed: {type(error).__name__}", file=sys.stderr)
         return 1
     return 0
@@ -185,10 +198,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if main_rank:
             print(f"mtmm: {stopped}", file=sys.stderr)
         return stopped.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
         if main_rank:
-            print(f"mtmm: stopped at once; this step was not saved. The last checkpoint is {out_dir / 'last.pt'}: "
-                  f"continue with `mtmm train --resume {out_dir}`", file=sys.stderr)
+            processes = f" --nproc {os.environ['WORLD_SIZE']}" if distributed_job else ""
+            if (out_dir / "last.pt").is_file():
+                print(f"mtmm: interrupted without saving this step; the last checkpoint is {out_dir / 'last.pt'}: "
+                      f"continue with `mtmm train{processes} --resume {out_dir}`", file=sys.stderr)
+            else:
+                print("mtmm: interrupted before training saved anything; there is nothing to resume",
+                      file=sys.stderr)
         return 130
     if main_rank:
         _print_metrics(metrics, f"test metrics ({time.time() - started:.0f} s, run folder {out_dir}):")

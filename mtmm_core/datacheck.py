@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +38,7 @@ DEFAULT_SPLITS = {"fractions": [0.8, 0.1, 0.1]}  # seed: dataset.yaml's, else da
 CHUNK_BYTES = 32 * 2**20  # how much of an array one scanning step reads
 SHOWN_ROWS = 5  # rows quoted in one problem's message
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # values reach the model as float32: value * scale must stay below
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-3: a string to YAML 1.1, a number to anyone
 SCALE_RANGE = (1e-12, 1e12)  # a modality's scale: a finite number in this range
 MAX_CLASSES = 100_000  # num_classes of a classification task, and K of [N, K] labels
 MAX_SAMPLE_VALUES = 2**26  # values in one sample: an array row, or the longest sequence's frames x features
@@ -96,8 +98,16 @@ def resolve_inside(root: str | Path, name: Any, field: str) -> Path:
     return path
 
 
+def yaml_number(value: Any) -> Any:
+    """``value``, with a string such as ``1e-3`` (which YAML 1.1 reads as text) turned into a float."""
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def scale_problem(value: Any) -> str | None:
     """Why ``value`` is not a valid ``scale`` of a modality (None when it is)."""
+    value = yaml_number(value)
     low, high = SCALE_RANGE
     if not _number(value) or not math.isfinite(value) or not low <= value <= high:
         return f"expected a finite number in [{low:g}, {high:g}] (the values are multiplied by it), got {value!r}"
@@ -310,7 +320,7 @@ def _check_modality(checker: _Checker, name: str, entry: Any):
     if kind is None:
         return None
     checker.keys(entry, field, *MODALITY_KEYS[kind].values())
-    scale = entry.get("scale", 1.0)
+    scale = yaml_number(entry.get("scale", 1.0))
     reason = scale_problem(scale)
     if reason:
         checker.add(CONFIG_FILE, f"{field}.scale", None, reason)
@@ -529,9 +539,11 @@ def _check_task(checker: _Checker, name: str, entry: Any) -> None:
                 checker.add(file, field, int(bad[0]), f"binary labels other than 0, 1 and {marker} (missing) at "
                                                       f"{_shown(bad, values)}")
     elif floating:
-        bad, values = _scan_rows(labels, lambda c: _per_row(np.isinf(c)))
+        largest = float(np.finfo(np.float32).max)
+        bad, values = _scan_rows(labels, lambda c: _per_row(np.isinf(c) | (np.abs(c) > largest)))
         if len(bad):
-            checker.add(file, field, int(bad[0]), f"infinite regression targets at {_shown(bad, values)} "
+            checker.add(file, field, int(bad[0]), f"regression targets that are infinite or beyond float32's "
+                                                  f"range (|y| > {largest:.3g}) at {_shown(bad, values)} "
                                                   "(NaN marks a missing label)")
     missing_rows = 0
     for start, stop in row_chunks(labels.shape[0], _row_bytes(labels)):

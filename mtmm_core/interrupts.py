@@ -44,9 +44,9 @@ class StopSignals:
     Handlers are installed only in the main thread; elsewhere the context does nothing.
     """
 
-    def __init__(self, distributed: bool = False, announce: bool = True):
+    def __init__(self, distributed: bool = False, announce: bool = True, stop_now: str | None = None):
         self.received: int | None = None
-        self.distributed, self.announce = distributed, announce
+        self.distributed, self.announce, self.stop_now = distributed, announce, stop_now
         self._saving, self._first_at = False, 0.0
         self._previous: dict[int, object] = {}
 
@@ -62,11 +62,13 @@ class StopSignals:
 
     def _handle(self, number: int, frame: object) -> None:
         name = signal.Signals(number).name
+        if self.stop_now is not None:  # nothing left to save: stop at once, saying why that is safe
+            raise TrainingInterrupted(number, f"{name}: {self.stop_now}")
         if self.received is None:
             self.received, self._first_at = number, time.monotonic()
             if self.announce:
                 later = ("" if self.distributed else
-                         "; press Ctrl-C again to stop at once without saving this step")
+                         "; signal again (Ctrl-C) to stop at once without saving this step")
                 print(f"\n{name}: stopping after this step to save a checkpoint{later}", file=sys.stderr, flush=True)
             return
         if self._saving:

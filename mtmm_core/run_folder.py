@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from mtmm_core.checkpoint import load_checkpoint, save_checkpoint
-from mtmm_core.errors import RunError
+from mtmm_core.errors import RunError, UsageError
 
 LOCK_FILE = ".lock"
 LOG_FILE = "metrics.jsonl"
@@ -59,7 +59,7 @@ class RunFolder:
     def lock(self) -> None:
         """Own the folder until :meth:`unlock`; :class:`RunError` when a live process owns it."""
         if self.root.exists() and not self.root.is_dir():
-            raise RunError(f"{self.root} is a file, not a folder: give --out a new or empty folder")
+            raise UsageError(f"{self.root} is a file, not a folder: give --out a new or empty folder")
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -107,13 +107,13 @@ class RunFolder:
         if not contents or force:
             return
         if (self.root / "last.pt").is_file():
-            raise RunError(f"{self.root} already holds a run: continue it with `mtmm train --resume {self.root}`, "
+            raise UsageError(f"{self.root} already holds a run: continue it with `mtmm train --resume {self.root}`, "
                            "choose another --out, or pass --force to start over in it")
         if self.is_run():
-            raise RunError(f"{self.root} holds a run that never finished an epoch: pass --force to start over "
+            raise UsageError(f"{self.root} holds a run that never finished an epoch: pass --force to start over "
                            "in it, or choose another --out")
         shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
-        raise RunError(f"--out {self.root} is not empty and not an mtmm run folder (it holds {shown}); "
+        raise UsageError(f"--out {self.root} is not empty and not an mtmm run folder (it holds {shown}); "
                        "choose an empty or new folder, or pass --force to write mtmm's files into it")
 
     def start(self, config_text: str, model_text: str) -> None:

@@ -30,7 +30,7 @@ from mtmm_core.checkpoint import load_checkpoint
 from mtmm_core.config import ConfigWarning, TrainSettings
 from mtmm_core.data import complete_model_spec, load_dataset
 from mtmm_core.data_fit import require_model_fit
-from mtmm_core.errors import RunError
+from mtmm_core.errors import RunError, UsageError
 from mtmm_core.evaluation import evaluate, is_better, to_device
 from mtmm_core.interrupts import StopSignals, TrainingInterrupted
 from mtmm_core.run_folder import RunFolder
@@ -173,8 +173,12 @@ class Trainer:
                     self._train_epoch()
                     if self._end_epoch():
                         break
-            metrics = self.test()
-            distributed.barrier(self.context)
+            processes = f" --nproc {self.context.world_size}" if self.context.active else ""
+            scoring = (f"stopped while scoring the test split; training is complete and saved, and "
+                       f"`mtmm train{processes} --resume {self.out_dir}` scores it again")
+            with StopSignals(stop_now=scoring) as self.signals:
+                metrics = self.test()
+                distributed.barrier(self.context)
             return metrics
         except Exception as error:
             if self.context.active and distributed.is_collective_failure(error):
@@ -405,7 +409,7 @@ class Trainer:
                 if resume:
                     state = self.folder.recover(map_location=self.device)
                     if state is None:
-                        raise RunError(f"{self.out_dir} has no checkpoint to resume (the run stopped before "
+                        raise UsageError(f"{self.out_dir} has no checkpoint to resume (the run stopped before "
                                        "saving one): start it again with `--force`")
                 else:
                     self.folder.check_new(force)

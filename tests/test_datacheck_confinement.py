@@ -69,6 +69,12 @@ def limit(value, then=None):
     return apply
 
 
+def _score_with(root, value):
+    score = np.load(root / "labels/score.npy").astype(np.float64)
+    score[3] = value
+    return score
+
+
 def _image_with(value, dtype):
     def make(root):
         image = np.load(root / "image.npy").astype(dtype)
@@ -116,8 +122,13 @@ CASES = {
     "scale zero": (set_key("modalities", "image", scale=0), "dataset.yaml", "modalities.image.scale", "got 0"),
     "scale negative": (set_key("modalities", "image", scale=-2.0), "dataset.yaml", "modalities.image.scale",
                        "got -2.0"),
-    "scale a string": (set_key("modalities", "image", scale="1e3"), "dataset.yaml", "modalities.image.scale",
-                       "got '1e3'"),
+    "scale a string": (set_key("modalities", "image", scale="large"), "dataset.yaml", "modalities.image.scale",
+                       "got 'large'"),
+    "scale 1e13 as YAML text": (set_key("modalities", "image", scale="1e13"), "dataset.yaml",
+                                "modalities.image.scale", "got 10000000000000.0"),
+    "regression target beyond float32": (
+        lambda r, m: np.save(r / "labels/score.npy", _score_with(r, 1e300)), "labels/score.npy", "tasks.score.file",
+        "infinite or beyond float32's range"),
     "float64 beyond float32": (save("image.npy", _image_with(1e39, np.float64)), "image.npy",
                                "modalities.image.file",
                                "values too large for float32 once multiplied by the scale 0.5"),
@@ -162,6 +173,14 @@ def test_each_hostile_folder_is_a_problem_naming_file_and_field(folder, monkeypa
     assert matching, f"{case}: expected ({file}, {field}, ...{fragment}...), got {problems}"
     with pytest.raises(ValueError, match="is not a valid data folder"):
         FolderDataset(folder)
+
+
+def test_a_scale_written_1e_minus_3_is_a_number_as_yaml_1_1_would_not_read_it(folder, monkeypatch):
+    set_key("modalities", "image", scale="1e-3")(folder, monkeypatch)  # what `scale: 1e-3` loads as
+    assert check_dataset(folder) == []
+    raw = np.load(folder / "image.npy")[:2].astype(np.float32)
+    loaded = FolderDataset(folder).read(np.array([0, 1])).inputs["image"]
+    np.testing.assert_allclose(loaded.numpy(), raw * np.float32(1e-3), rtol=1e-6)
 
 
 def test_the_unbroken_folder_and_symlinks_inside_it_are_fine(folder):

@@ -154,10 +154,24 @@ def test_killing_the_launcher_ends_the_workers_with_a_checkpoint(tmp_path):
 
 
 def test_a_refusal_on_rank_0_ends_every_rank_at_once(tmp_path):
+    from mtmm_core.run_folder import RunFolder
+
+    owner = RunFolder(tmp_path / "run")
+    owner.lock()  # this test process holds the folder: rank 0 is refused, rank 1 must not wait for it
+    try:
+        launcher = start(tmp_path / "run", "--nproc", "2")
+        _, err = launcher.communicate(timeout=300)
+    finally:
+        owner.unlock()
+    assert launcher.returncode == 1
+    assert f"is in use by pid {os.getpid()}" in err and "rank 0 could not open the run folder" in err
+
+
+def test_usage_errors_are_caught_once_before_the_processes_start(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     launcher = start(tmp_path / "mine", "--nproc", "2")
     _, err = launcher.communicate(timeout=300)
-    assert launcher.returncode == 1
-    assert "not empty and not an mtmm run folder" in err and "rank 0 could not open the run folder" in err
+    assert launcher.returncode == 2
+    assert err.count("mtmm: error:") == 1 and "not empty and not an mtmm run folder" in err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"

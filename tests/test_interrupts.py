@@ -164,3 +164,30 @@ def test_a_second_ctrl_c_outside_saving_stops_at_once_and_keeps_the_previous_che
     state = load_checkpoint(out / "last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
     assert not (out / ".lock").exists()
+
+
+def test_a_signal_while_the_test_split_is_scored_stops_at_once_and_resume_scores_it(straight, small_data, tmp_path,
+                                                                                    monkeypatch):
+    out = tmp_path / "run"
+    trainer = Trainer(small_config(*OVERRIDES), out)
+    # evaluate() runs once per epoch on validation, then on the test split: the third call is the test
+    monkeypatch.setattr(trainer_module, "evaluate", kill_on_call(trainer_module, "evaluate", signal.SIGTERM, 3)[1])
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM: stopped while scoring the test split; training is "
+                                                  r"complete and saved") as stopped:
+        trainer.run()
+    assert stopped.value.exit_code == 143
+    assert not (out / ".lock").exists() and not (out / "test_metrics.json").exists()
+    monkeypatch.undo()
+    assert Trainer(small_config(*OVERRIDES), out, resume=True).run() == straight[0]
+
+
+def test_an_interrupt_before_anything_was_saved_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
+    from mtmm_core.cli import main
+
+    class InterruptedWhileStarting:
+        def __init__(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "Trainer", InterruptedWhileStarting)
+    assert main(["train", "--out", str(tmp_path / "run")]) == 130
+    assert "interrupted before training saved anything; there is nothing to resume" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import torch
 
 import mtmm_core.run_folder as run_folder
 from mtmm_core.checkpoint import load_checkpoint
-from mtmm_core.errors import RunError
+from mtmm_core.errors import RunError, UsageError
 from mtmm_core.run_folder import RunFolder
 from mtmm_core.trainer import Trainer
 from small_data import small_config
@@ -58,12 +58,12 @@ def test_out_on_a_folder_that_is_not_a_run_is_refused_unless_forced(small_data, 
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "config.yaml").write_text("my own notes\n")
-    with pytest.raises(RunError, match=r"not empty and not an mtmm run folder \(it holds config.yaml\).*--force"):
+    with pytest.raises(UsageError, match=r"not empty and not an mtmm run folder \(it holds config.yaml\).*--force"):
         Trainer(small_config(*OVERRIDES), mine)
     assert (mine / "config.yaml").read_text() == "my own notes\n" and not (mine / ".lock").exists()
 
     Trainer(small_config(*OVERRIDES), tmp_path / "run").run()
-    with pytest.raises(RunError, match=r"already holds a run: continue it with `mtmm train --resume"):
+    with pytest.raises(UsageError, match=r"already holds a run: continue it with `mtmm train --resume"):
         Trainer(small_config(*OVERRIDES), tmp_path / "run")
     (tmp_path / "run" / "notes.txt").write_text("keep me")
     Trainer(small_config(*OVERRIDES, "train.epochs=1"), tmp_path / "run", force=True).run()
