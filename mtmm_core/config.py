@@ -26,7 +26,10 @@ import yaml
 from mtmm_core.errors import SpecError, UsageError
 from mtmm_core.transfer import transfer_settings
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The shipped configs: package data in an installed wheel (mtmm_core/configs), the repository's
+# configs/ folder in a clone (an editable install maps the package there).
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parents[1] / "configs"
 SECTIONS = ("data", "model", "train", "transfer")
 MAX_SEED = 2**32 - 1  # NumPy's limit
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")

@@ -1,0 +1,53 @@
+"""The built wheel works without a clone: the shipped configs and avdigits are package data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory) -> Path:
+    """The project built as a wheel (no network, no build isolation) and unpacked into a target folder."""
+    pytest.importorskip("setuptools")
+    out = tmp_path_factory.mktemp("wheel")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                            "-q", "-w", str(out / "dist")], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = next((out / "dist").glob("mtmm-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "mtmm_core/configs/default.yaml" in names and "mtmm_plugins/datasets/avdigits.npz" in names
+    zipfile.ZipFile(wheel).extractall(out / "site")
+    return out / "site"
+
+
+def run_outside_the_clone(site: Path, tmp_path: Path, code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` with the unpacked wheel first on sys.path, from a folder outside the repository."""
+    environment = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          cwd=tmp_path, env=environment, timeout=300)
+
+
+def test_the_wheel_ships_the_configs_and_extends_resolves_a_shipped_name(installed_wheel, tmp_path):
+    (tmp_path / "mine.yaml").write_text("extends: gated\ntrain: {epochs: 3}\n")
+    done = run_outside_the_clone(installed_wheel, tmp_path, f"""
+        import mtmm_core, mtmm_core.config as c
+        assert mtmm_core.__file__.startswith({str(installed_wheel)!r}), mtmm_core.__file__
+        assert c.CONFIG_DIR == c.Path({str(installed_wheel)!r}).resolve() / "mtmm_core" / "configs", c.CONFIG_DIR
+        shipped = sorted(p.stem for p in c.CONFIG_DIR.glob("*.yaml"))
+        assert "default" in shipped and "gated" in shipped, shipped
+        assert c.load_config()["data"]["name"] == "avdigits"
+        mine = c.load_config("mine.yaml")
+        assert mine["model"]["fusion"]["name"] == "gated" and mine["train"]["epochs"] == 3
+        print("ok", len(shipped))
+    """)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
+    assert int(done.stdout.split()[1]) == len(list((ROOT / "configs").glob("*.yaml")))
