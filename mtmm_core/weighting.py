@@ -66,8 +66,15 @@ def call_with_present(method, values: torch.Tensor, present: torch.Tensor | None
 
 def weighted_total(weighting: nn.Module, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
     """The weighting's total ``[]`` of the task losses ``[T]``; ``present`` bool ``[T]`` marks the tasks
-    with a labelled sample in the batch (None: all)."""
-    return call_with_present(weighting.forward, losses, present)
+    with a labelled sample in the batch (None: all). A weighting that returns anything but a scalar
+    tensor is an error naming it (its registered name when it has one), not autograd's."""
+    total = call_with_present(weighting.forward, losses, present)
+    if not isinstance(total, torch.Tensor) or total.dim() != 0:
+        got = f"shape {list(total.shape)}" if isinstance(total, torch.Tensor) else type(total).__name__
+        name = getattr(weighting, "method", None) or type(weighting).__name__
+        raise ValueError(f"weighting {name!r}: forward(losses [T={losses.shape[0]}]) must return the weighted "
+                         f"total as a scalar tensor [], got {got}")
+    return total
 
 
 def task_gradients(losses: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -121,3 +121,17 @@ def test_uncertainty_init_and_saved_state():
 def test_uncertainty_rejects_bad_per_type(per_type, message):
     with pytest.raises(ValueError, match=message):
         UncertaintyWeighting(tasks=TASKS, per_type=per_type)
+
+
+def test_a_weighting_that_returns_per_task_values_is_an_error_naming_it():
+    from torch import nn
+
+    from mtmm_core.weighting import weighted_total
+
+    class PerTask(nn.Module):
+        def forward(self, losses):
+            return losses * 2.0  # [T]: forgot the sum
+
+    with pytest.raises(ValueError, match=r"weighting 'PerTask': forward\(losses \[T=3\]\) must return the "
+                                         r"weighted total as a scalar tensor \[\], got shape \[3\]"):
+        weighted_total(PerTask(), torch.rand(3, requires_grad=True))
