@@ -120,11 +120,15 @@ def _instantiate(kind: str, name: str, params: dict[str, Any], path: str,
     arguments = {k: v for k, v in (defaults or {}).items() if accepted is None or k in accepted}
     arguments.update(params)
     arguments.update({k: v for k, v in wiring.items() if accepted is None or k in accepted})
+    origin = f"{kind} {component.name!r} from {component.distribution} {component.version}".rstrip()
     try:
         return component.factory(**arguments)
-    except (ValueError, TypeError, RuntimeError, ArithmeticError) as error:
+    except (ValueError, RuntimeError, ArithmeticError) as error:
         # RuntimeError/ArithmeticError: torch refusing e.g. a negative size, or a zero head count
-        raise SpecError(path, f"{kind} {name!r} rejected its parameters: {error}") from error
+        raise SpecError(path, f"{origin} rejected its parameters: {error}") from error
+    except Exception as error:  # a bug inside the component's constructor: name it, keep the chain
+        raise SpecError(path, f"{origin} failed while being built, with {type(error).__name__}: {error} "
+                              "(a bug in that component; the chained exception has its traceback)") from error
 
 
 def _accepted_arguments(factory: Any) -> set[str] | None:

@@ -4,6 +4,7 @@ flag (exit 2 for a bad value, 1 when a run cannot go on), never in a traceback."
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import importlib.util
 import math
 import shutil
@@ -30,6 +31,7 @@ from small_data import SMALL_MODEL, SmallDataPlugin, small_config
 TRAIN = ["train", *[arg for override in SMALL_MODEL for arg in ("--set", override)],
          "--set", "data.name=small_avdigits", "--set", "train.epochs=1", "--set", "data.train_rows=32",
          "--out", "{tmp}/new_run"]
+MTMM_VERSION = importlib.metadata.version("mtmm")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
                                       reason="mtmm plot needs matplotlib")
@@ -78,9 +80,9 @@ CASES = [
      "model.tasks.a.b: a task name must not contain '.'", None),
     ("tasks-not-a-mapping", TRAIN + ["--set", "model.tasks=3"], 2, "model.tasks: expected a mapping", None),
     ("negative-encoder-size", TRAIN + ["--set", "model.encoders.image.channels=[-4, 32]"], 2,
-     "encoders.image: encoder 'cnn' rejected its parameters", None),
+     f"encoders.image: encoder 'cnn' from mtmm {MTMM_VERSION} rejected its parameters", None),
     ("zero-attention-heads", TRAIN + ["--set", "model.encoders.audio.heads=0"], 2,
-     "encoders.audio: encoder 'sequence_transformer' rejected its parameters", None),
+     f"encoders.audio: encoder 'sequence_transformer' from mtmm {MTMM_VERSION} rejected its parameters", None),
     # -- --set itself
     ("set-yaml-tag", TRAIN + ["--set", "x=!!python/object:os.system"], 2,
      "--set x=!!python/object:os.system: the value is not valid YAML", None),

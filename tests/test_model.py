@@ -237,3 +237,31 @@ def test_every_architecture_and_head_trains_with_a_modality_missing_for_some_sam
         grads = [p.grad for p in head.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads), task
     assert all(torch.isfinite(p.grad).all() for p in model.architecture.parameters())
+
+
+def test_a_bug_inside_a_components_constructor_names_the_component_and_keeps_the_chain():
+    from torch import nn
+
+    import mtmm_core
+    from mtmm_core import plugins
+
+    class BrokenFusion(nn.Module):
+        def __init__(self, *, input_dims, dim=128):
+            super().__init__()
+            self.project = nn.Linear(dim)  # the bug: Linear needs two sizes
+
+    class Plugin:
+        @mtmm_core.hookimpl
+        def register_fusions(self, register):
+            register("broken_fusion", BrokenFusion)
+
+    name = plugins.register_plugin(Plugin(), name="test-broken-fusion")
+    try:
+        spec = {"dim": 16, "encoders": {"tabular": {"name": "tabular", "num_numeric": 3}},
+                "fusion": "broken_fusion", "tasks": {"y": {"head": "regression"}}}
+        with pytest.raises(SpecError, match=r"fusion: fusion 'broken_fusion' from <in-process> *failed while being "
+                                            r"built, with TypeError: .*Linear") as error:
+            build_model(spec)
+        assert isinstance(error.value.__cause__, TypeError)
+    finally:
+        plugins.unregister_plugin(name)
