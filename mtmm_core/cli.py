@@ -68,8 +68,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     rows = []
     for info in infos:
         detail = ", ".join(info.components) if info.status == "loaded" else info.error or ""
+        for clash in info.clashes:  # a name another distribution also registered: say how to reach this one
+            outcome = "built-in keeps the name" if clash["resolves_to"] else "plain name is ambiguous"
+            detail += f"; clash: {clash['kind']} {clash['name']} ({outcome}; use {clash['use']})"
         hooks = ", ".join(h.removeprefix("register_") for h in info.hooks) or "-"
-        rows.append([info.name, info.distribution, info.version, info.status, hooks, detail])
+        status = f"{info.status} (clash)" if info.clashes else info.status
+        rows.append([info.name, info.distribution, info.version, status, hooks, detail])
     print(_table(rows, ["PLUGIN", "DISTRIBUTION", "VERSION", "STATUS", "HOOKS", "COMPONENTS / ERROR"]))
     return 0
 

@@ -8,6 +8,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import os
 import threading
@@ -19,15 +20,25 @@ import pluggy
 
 from mtmm_core import hookspecs
 from mtmm_core.errors import PluginError
-from mtmm_core.registry import HOOK_OF_KIND, Component, Registry, first_docstring_line, normalize_distribution
+from mtmm_core.registry import (
+    BUILTIN_DISTRIBUTION,
+    HOOK_OF_KIND,
+    Component,
+    Registry,
+    first_docstring_line,
+    normalize_distribution,
+)
 
 ENTRY_POINT_GROUP = "mtmm"
-BUILTIN_DISTRIBUTION = "mtmm"
 IN_PROCESS = "<in-process>"
 
 
 class PluginLoadWarning(UserWarning):
     """A plugin failed to load; the others were loaded."""
+
+
+class ShadowingWarning(PluginLoadWarning):
+    """A plugin registered a (kind, name) that another distribution (perhaps mtmm itself) also has."""
 
 
 @dataclass
@@ -42,6 +53,9 @@ class PluginInfo:
     error: str | None = None
     hooks: list[str] = field(default_factory=list)
     components: list[str] = field(default_factory=list)
+    # Names this plugin shares with another distribution: {"kind", "name", "distributions",
+    # "resolves_to" (the distribution the plain name selects, or None when it is ambiguous), "use"}.
+    clashes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -96,15 +110,40 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return unique
 
 
-def _register_with_manager(manager: pluggy.PluginManager, plugin: object, info: PluginInfo) -> None:
-    """Register ``plugin``; an implementation taking an argument not in the spec is an error."""
+def _register_with_manager(manager: pluggy.PluginManager, plugin: object, info: PluginInfo) -> bool:
+    """Register ``plugin``; False (after :func:`_fail`) when its hooks do not match the hook specs.
+
+    pluggy rejects an argument that is not in the spec at ``register`` time (and leaves the manager
+    untouched); a hook name that is not a spec (``register_encoder``) is only found by
+    ``check_pending``, so it is looked for here, per plugin, and the plugin is unregistered again.
+    """
     try:
         manager.register(plugin, name=info.name)
     except pluggy.PluginValidationError as error:
-        raise PluginError(
-            f"mtmm plugin {info.name!r} from distribution {info.distribution!r} does not match the hook "
-            f"specification: {_one_line(error)}"
-        ) from error
+        mismatch = PluginError(f"its hooks do not match mtmm's hook specification: {_one_line(error)}")
+        mismatch.__cause__ = error
+        _fail(info, mismatch, "load")
+        return False
+    unknown = sorted(
+        caller.name
+        for caller in manager.get_hookcallers(plugin) or []
+        if not caller.has_spec()
+        and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())
+    )
+    if unknown:
+        manager.unregister(plugin)
+        _fail(info, PluginError(_unknown_hooks_message(unknown)), "load")
+        return False
+    return True
+
+
+def _unknown_hooks_message(names: list[str]) -> str:
+    valid = list(HOOK_OF_KIND.values())
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, valid, n=1)
+        parts.append(f"unknown hook {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"{'; '.join(parts)}; valid hooks: {', '.join(valid)}"
 
 
 def _make_register(info: PluginInfo, kind: str, collected: list[Component]) -> Callable[..., None]:
@@ -168,32 +207,68 @@ def _load() -> _State:
         except Exception as error:
             _fail(info, error, "import")
             continue
-        _register_with_manager(manager, plugin, info)
-        loaded.append((plugin, info))
+        if _register_with_manager(manager, plugin, info):
+            loaded.append((plugin, info))
 
     for name, plugin in _in_process.items():
         info = PluginInfo(name=name, distribution=IN_PROCESS, version="", module=getattr(plugin, "__name__", repr(plugin)),
                           status="loaded")
         plugins[name] = info
-        _register_with_manager(manager, plugin, info)
-        loaded.append((plugin, info))
+        if _register_with_manager(manager, plugin, info):
+            loaded.append((plugin, info))
 
-    _check_pending(manager, plugins)
+    loaded = _check_pending(manager, plugins, loaded)
     for plugin, info in loaded:
         _collect_components(manager, plugin, info, registry)
+    _report_clashes(registry, plugins)
     return _State(registry, plugins, manager)
 
 
-def _check_pending(manager: pluggy.PluginManager, plugins: dict[str, PluginInfo]) -> None:
-    """A hook implementation with no matching spec (a misspelt hook name) is an error."""
-    try:
-        manager.check_pending()
-    except pluggy.PluginValidationError as error:
-        name = manager.get_name(error.plugin) or repr(error.plugin)
-        info = plugins.get(name)
-        source = f" from distribution {info.distribution!r}" if info else ""
-        valid = ", ".join(HOOK_OF_KIND.values())
-        raise PluginError(f"mtmm plugin {name!r}{source}: {_one_line(error)}; valid hooks: {valid}") from error
+def _report_clashes(registry: Registry, plugins: dict[str, PluginInfo]) -> None:
+    """Warn once per load about each name shared by several distributions, and record it on the plugins."""
+    for clash in registry.clashes():
+        components = [c for c in registry.components(clash.kind) if c.name == clash.name]
+        third_party = [c for c in components if normalize_distribution(c.distribution) != BUILTIN_DISTRIBUTION]
+        for component in third_party:
+            info = plugins.get(component.plugin)
+            if info is not None:
+                info.clashes.append({
+                    "kind": clash.kind,
+                    "name": clash.name,
+                    "distributions": list(clash.distributions),
+                    "resolves_to": BUILTIN_DISTRIBUTION if clash.builtin else None,
+                    "use": component.qualified_name,
+                })
+            if clash.builtin:
+                source = f"{component.distribution} {component.version}".strip()
+                warnings.warn(
+                    f"{clash.kind} {clash.name!r} from {source} has the name of a built-in; "
+                    f"{clash.name!r} stays the built-in, use {component.qualified_name!r} for this one",
+                    ShadowingWarning, stacklevel=4)
+        if not clash.builtin:
+            options = ", ".join(repr(q) for q in clash.qualified_names())
+            warnings.warn(
+                f"{clash.kind} {clash.name!r} is registered by several distributions "
+                f"({', '.join(clash.distributions)}); the plain name {clash.name!r} is ambiguous: "
+                f"use a qualified name ({options}) or disable one with MTMM_DISABLE_PLUGINS",
+                ShadowingWarning, stacklevel=4)
+
+
+def _check_pending(manager: pluggy.PluginManager, plugins: dict[str, PluginInfo],
+                   loaded: list[tuple[object, PluginInfo]]) -> list[tuple[object, PluginInfo]]:
+    """A safety net behind :func:`_register_with_manager`: a plugin with a hook that has no spec
+    (a misspelt hook name) is unregistered and reported like an import failure; the others stay."""
+    while True:
+        try:
+            manager.check_pending()
+            return loaded
+        except pluggy.PluginValidationError as error:
+            name = manager.get_name(error.plugin) or repr(error.plugin)
+            info = plugins.get(name) or PluginInfo(name, "unknown", "", repr(error.plugin), "loaded")
+            manager.unregister(error.plugin)
+            loaded = [(plugin, i) for plugin, i in loaded if plugin is not error.plugin]
+            valid = ", ".join(HOOK_OF_KIND.values())
+            _fail(info, PluginError(f"{_one_line(error)}; valid hooks: {valid}"), "load")
 
 
 def _one_line(error: BaseException) -> str:

@@ -13,6 +13,7 @@ from mtmm_core.errors import AmbiguousComponentError, PluginError, UnknownCompon
 KINDS = ("encoder", "fusion", "head", "architecture", "weighting", "dataset")
 HOOK_OF_KIND = {kind: f"register_{kind}s" for kind in KINDS}
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+BUILTIN_DISTRIBUTION = "mtmm"
 
 
 def normalize_kind(kind: str) -> str:
@@ -57,8 +58,31 @@ def first_docstring_line(obj: object) -> str:
     return ""
 
 
+def is_builtin(component: Component) -> bool:
+    """Whether ``component`` is one of mtmm's own (registered by the ``mtmm`` distribution)."""
+    return normalize_distribution(component.distribution) == BUILTIN_DISTRIBUTION
+
+
+@dataclass(frozen=True)
+class Clash:
+    """A (kind, name) registered by more than one distribution."""
+
+    kind: str
+    name: str
+    distributions: tuple[str, ...]
+    builtin: bool  # one of them is mtmm itself: the plain name stays the built-in
+
+    def qualified_names(self) -> list[str]:
+        return [f"{distribution}:{self.name}" for distribution in self.distributions]
+
+
 class Registry:
-    """Components by kind and name; a name may be registered by several distributions."""
+    """Components by kind and name; a name may be registered by several distributions.
+
+    A plain name registered by several distributions resolves to mtmm's built-in when one of them is
+    mtmm (a plugin cannot silently replace a built-in); otherwise it is ambiguous and needs the
+    qualified name ``distribution:name``.
+    """
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], list[Component]] = {}
@@ -84,6 +108,15 @@ class Registry:
             else:
                 del self._entries[key]
 
+    def clashes(self) -> list[Clash]:
+        """Every (kind, name) registered by more than one distribution."""
+        found = []
+        for (kind, name), entries in self._entries.items():
+            if len(entries) > 1:  # the built-in first, then the others by name
+                ordered = sorted(entries, key=lambda c: (not is_builtin(c), c.distribution))
+                found.append(Clash(kind, name, tuple(c.distribution for c in ordered), is_builtin(ordered[0])))
+        return sorted(found, key=lambda c: (KINDS.index(c.kind), c.name))
+
     def components(self, kind: str | None = None, pattern: str = "*") -> list[Component]:
         """Components of ``kind`` (all kinds if None) whose name matches the fnmatch ``pattern``."""
         kind = None if kind is None else normalize_kind(kind)
@@ -105,6 +138,10 @@ class Registry:
             entries = [c for c in entries if normalize_distribution(c.distribution) == normalize_distribution(distribution)]
         if not entries:
             raise UnknownComponentError(self._unknown_message(kind, name))
+        if len(entries) > 1 and not distribution:
+            builtins = [c for c in entries if is_builtin(c)]
+            if builtins:  # a plugin never replaces a built-in; its own is reached by its qualified name
+                return builtins[0]
         if len(entries) > 1:
             names = " and ".join(repr(c.distribution) for c in entries)
             options = ", ".join(repr(c.qualified_name) for c in entries)

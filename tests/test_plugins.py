@@ -113,7 +113,7 @@ def test_a_hook_that_raises_while_registering_is_reported_like_an_import_failure
 def test_two_distributions_with_the_same_name_give_a_clear_error_and_two_ways_out(make_distribution, monkeypatch):
     make_distribution("first-dist", good_plugin("shared"))
     make_distribution("second-dist", good_plugin("shared"))
-    with pytest.raises(AmbiguousComponentError) as error:
+    with pytest.raises(AmbiguousComponentError) as error, pytest.warns(plugins.ShadowingWarning):
         mtmm_core.get_component("encoder", "shared")
     message = str(error.value)
     assert "first-dist" in message and "second-dist" in message
@@ -137,19 +137,91 @@ def test_the_same_distribution_registering_a_name_twice_is_an_error(make_distrib
         mtmm_core.list_components()
 
 
-def test_a_misspelt_hook_name_is_an_error_naming_the_plugin(make_distribution):
-    make_distribution("typo-dist", """
-        from mtmm_core import hookimpl
+BAD_ARGUMENT_PLUGIN = """
+    from mtmm_core import hookimpl
 
+    class Plugin:
         @hookimpl
-        def register_encoder(register):
-            register("x", dict)
-    """)
+        def register_encoders(self, regster):
+            regster("never", dict)
+
+    plugin = Plugin()
+"""
+
+MISSPELT_HOOK_PLUGIN = """
+    from mtmm_core import hookimpl
+
+    @hookimpl
+    def register_encoder(register):
+        register("x", dict)
+"""
+
+
+def make_object_plugin(make_distribution, distribution: str, source: str) -> None:
+    """A distribution whose entry point is ``module:plugin`` (an object with hook methods)."""
+    module = make_distribution(distribution, source)
+    import importlib
+    import sys
+    from pathlib import Path
+
+    site = Path(sys.path[0])
+    (next(site.glob(f"{distribution.replace('-', '_')}-*.dist-info")) / "entry_points.txt").write_text(
+        f"[mtmm]\nplugin = {module}:plugin\n")
+    importlib.invalidate_caches()
+
+
+def test_a_hookimpl_argument_not_in_the_spec_skips_that_plugin_with_a_warning(make_distribution):
+    make_object_plugin(make_distribution, "bad-args", BAD_ARGUMENT_PLUGIN)
+    make_distribution("fine-dist", good_plugin("fine"))
+    with pytest.warns(plugins.PluginLoadWarning, match=r"'bad-args:plugin' from distribution 'bad-args'.*regster"):
+        names = [c.name for c in mtmm_core.list_components("encoder")]
+    assert "fine" in names and "cnn" in names and "never" not in names
+    failed = [p for p in plugins.plugin_infos() if p.distribution == "bad-args"][0]
+    assert failed.status == "failed" and "regster" in failed.error and "hook specification" in failed.error
+
+
+def test_a_misspelt_hook_name_skips_that_plugin_with_a_warning(make_distribution):
+    make_distribution("typo-dist", MISSPELT_HOOK_PLUGIN)
+    make_distribution("fine-dist", good_plugin("fine"))
+    with pytest.warns(plugins.PluginLoadWarning,
+                      match=r"typo-dist.*unknown hook 'register_encoder' \(did you mean 'register_encoders'\?\)"):
+        names = [c.name for c in mtmm_core.list_components("encoder")]
+    assert "fine" in names and "x" not in names
+    failed = [p for p in plugins.plugin_infos() if p.distribution == "typo-dist"][0]
+    assert failed.status == "failed" and "valid hooks: register_encoders" in failed.error
+
+
+def test_mtmm_plugins_shows_plugins_whose_hooks_do_not_match_as_failed(make_distribution, capsys):
+    make_object_plugin(make_distribution, "bad-args", BAD_ARGUMENT_PLUGIN)
+    make_distribution("typo-dist", MISSPELT_HOOK_PLUGIN)
+    make_distribution("fine-dist", good_plugin("fine"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli_main(["plugins"]) == 0
+        out = capsys.readouterr().out
+        assert cli_main(["plugins", "--json"]) == 0
+    names = ("bad-args", "typo-dist", "fine-dist")
+    rows = {name: [line for line in out.splitlines() if name in line][0] for name in names}
+    assert "failed" in rows["bad-args"] and "PluginError" in rows["bad-args"]
+    assert "failed" in rows["typo-dist"] and "PluginError" in rows["typo-dist"]
+    assert "regster" in " ".join(out.split()) and "unknown hook 'register_encoder'" in " ".join(out.split())
+    assert "loaded" in rows["fine-dist"] and "encoder:fine" in rows["fine-dist"]
+    import json
+
+    listed = {p["distribution"]: p for p in json.loads(capsys.readouterr().out)}
+    assert listed["bad-args"]["status"] == "failed" and "regster" in listed["bad-args"]["error"]
+    assert listed["typo-dist"]["status"] == "failed" and listed["fine-dist"]["status"] == "loaded"
+
+
+def test_strict_mode_makes_a_hook_mismatch_an_error_naming_the_plugin(make_distribution, monkeypatch):
+    monkeypatch.setenv("MTMM_STRICT_PLUGINS", "1")
+    make_distribution("typo-dist", MISSPELT_HOOK_PLUGIN)
     with pytest.raises(PluginError, match=r"typo-dist.*register_encoder.*valid hooks: register_encoders"):
         mtmm_core.list_components()
 
 
-def test_an_argument_not_in_the_spec_is_an_error_naming_the_plugin(make_distribution):
+def test_strict_mode_makes_an_argument_not_in_the_spec_an_error_naming_the_plugin(make_distribution, monkeypatch):
+    monkeypatch.setenv("MTMM_STRICT_PLUGINS", "1")
     make_distribution("bad-args", """
         from mtmm_core import hookimpl
 
@@ -157,8 +229,54 @@ def test_an_argument_not_in_the_spec_is_an_error_naming_the_plugin(make_distribu
         def register_fusions(register, config):
             pass
     """)
-    with pytest.raises(PluginError, match=r"bad-args.*config"):
+    with pytest.raises(PluginError, match=r"bad-args.*config.*MTMM_STRICT_PLUGINS"):
         mtmm_core.list_components()
+
+
+def test_a_plugin_naming_a_builtin_warns_and_the_plain_name_stays_the_builtin(make_distribution, capsys):
+    make_distribution("mtmm-extra", good_plugin("cnn", "the extra cnn"), version="1.0.0")
+    with pytest.warns(plugins.ShadowingWarning) as caught:
+        component = mtmm_core.get_component("encoder", "cnn")
+    messages = [str(w.message) for w in caught if issubclass(w.category, plugins.ShadowingWarning)]
+    assert messages == ["encoder 'cnn' from mtmm-extra 1.0.0 has the name of a built-in; 'cnn' stays the "
+                        "built-in, use 'mtmm-extra:cnn' for this one"]
+    assert issubclass(plugins.ShadowingWarning, plugins.PluginLoadWarning)
+    assert component.distribution == "mtmm"
+    assert type(mtmm_core.create("encoder", "cnn")).__module__.startswith("mtmm")
+    assert type(mtmm_core.create("encoder", "cnn")).__name__ != "Doubler"
+    assert type(mtmm_core.create("encoder", "mtmm-extra:cnn", dim=4)).__name__ == "Doubler"
+    assert mtmm_core.get_component("encoder", "mtmm:cnn") is component
+
+    with warnings.catch_warnings(record=True) as again:  # warned once per load, not per lookup
+        warnings.simplefilter("always")
+        mtmm_core.get_component("encoder", "cnn")
+    assert not again
+
+    assert cli_main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if "mtmm-extra" in line][0]
+    assert "loaded (clash)" in row
+    assert "clash: encoder cnn (built-in keeps the name; use mtmm-extra:cnn)" in " ".join(out.split())
+    assert cli_main(["plugins", "--json"]) == 0
+    import json
+
+    extra = [p for p in json.loads(capsys.readouterr().out) if p["distribution"] == "mtmm-extra"][0]
+    assert extra["clashes"] == [{"kind": "encoder", "name": "cnn", "distributions": ["mtmm", "mtmm-extra"],
+                                 "resolves_to": "mtmm", "use": "mtmm-extra:cnn"}]
+
+
+def test_a_clash_between_two_third_party_distributions_warns_and_stays_ambiguous(make_distribution):
+    make_distribution("first-dist", good_plugin("shared"))
+    make_distribution("second-dist", good_plugin("shared"))
+    with pytest.warns(plugins.ShadowingWarning, match=r"encoder 'shared' is registered by several distributions.*"
+                                                      r"'first-dist:shared', 'second-dist:shared'"):
+        mtmm_core.list_components()
+    with pytest.raises(AmbiguousComponentError):
+        mtmm_core.get_component("encoder", "shared")
+    clashes = {p.distribution: p.clashes for p in plugins.plugin_infos() if p.clashes}
+    assert set(clashes) == {"first-dist", "second-dist"}
+    assert clashes["second-dist"][0]["resolves_to"] is None
+    assert clashes["second-dist"][0]["use"] == "second-dist:shared"
 
 
 def test_an_unknown_name_lists_the_close_names_of_that_kind():
