@@ -12,7 +12,7 @@ import torch
 from mtmm_core import distributed
 from mtmm_core.contracts import Batch
 from mtmm_core.errors import UsageError
-from mtmm_core.metrics import HIGHER_IS_BETTER, task_metrics
+from mtmm_core.metrics import higher_is_better, task_metrics
 from mtmm_core.model import MultimodalMultitaskModel
 
 
@@ -108,5 +108,5 @@ def is_better(metric: str, value: float, best: float | None) -> bool:
     """Whether ``value`` of ``metric`` ("loss" or "<task>.<name>") improves on ``best``."""
     if best is None or math.isnan(best):
         return not math.isnan(value)
-    higher = HIGHER_IS_BETTER.get(metric.rpartition(".")[2], False)
+    higher = higher_is_better(metric.rpartition(".")[2])
     return value > best if higher else value < best

@@ -39,3 +39,9 @@ def register_weightings(register):
 @hookspec
 def register_datasets(register):
     """Register data sets: factories returning a data set object."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register evaluation metrics: ``metric(prediction, target) -> float`` on a whole split, with the
+    metadata ``higher_is_better`` (bool); a head lists the names of its metrics in ``metrics``."""

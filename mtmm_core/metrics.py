@@ -1,12 +1,12 @@
-"""Per-task evaluation metrics, computed on whole splits from collected predictions and targets."""
+"""Per-task evaluation metrics, computed on whole splits from collected predictions and targets.
+
+The built-in metrics are registered through the ``register_metrics`` hook (``mtmm_plugins.metrics``),
+like a plugin's; :func:`task_metrics` looks every name up in the registry.
+"""
 
 from __future__ import annotations
 
 import torch
-
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "auroc": True, "retrieval_accuracy": True,
-                    "mae": False, "rmse": False, "r2": True, "loss": False}
-
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
     """Top-1 accuracy of class logits ``[N, C]`` (or binary logits ``[N]``/``[N, K]``) against ``target``."""
@@ -54,31 +54,40 @@ def _average_ranks(values: torch.Tensor) -> torch.Tensor:
     return (sums / counts)[inverse]
 
 
-def regression_metrics(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """MAE, RMSE and R^2 of ``prediction`` against ``target`` (same shape)."""
+def mae(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean absolute error of ``prediction`` against ``target`` (same shape)."""
+    return (prediction.double() - target.double()).abs().mean().item()
+
+
+def rmse(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """Root mean squared error of ``prediction`` against ``target`` (same shape)."""
+    return (prediction.double() - target.double()).pow(2).mean().sqrt().item()
+
+
+def r2(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """Coefficient of determination ``1 - SS_res / SS_tot``; NaN when ``target`` is constant."""
     error = prediction.double() - target.double()
     variance = ((target.double() - target.double().mean()) ** 2).sum()
-    r2 = 1.0 - (error**2).sum() / variance if variance > 0 else torch.tensor(float("nan"))
-    return {"mae": error.abs().mean().item(), "rmse": error.pow(2).mean().sqrt().item(), "r2": float(r2)}
+    return float(1.0 - (error**2).sum() / variance) if variance > 0 else float("nan")
 
 
-def retrieval_accuracy(logits: torch.Tensor) -> float:
-    """Share of rows of a similarity matrix ``[N, N]`` whose best match is the diagonal."""
+def retrieval_accuracy(logits: torch.Tensor, target: torch.Tensor | None = None) -> float:
+    """Share of rows of a similarity matrix ``[N, N]`` whose best match is the diagonal (no target)."""
     return (logits.argmax(dim=1) == torch.arange(len(logits), device=logits.device)).float().mean().item()
 
 
 def task_metrics(names: tuple[str, ...], prediction: torch.Tensor, target: torch.Tensor | None) -> dict[str, float]:
-    """The metrics ``names`` (a head's ``metrics``) of one task on a whole split."""
-    results: dict[str, float] = {}
-    if any(n in names for n in ("mae", "rmse", "r2")):
-        results.update({k: v for k, v in regression_metrics(prediction, target).items() if k in names})
-    for name in names:
-        if name == "accuracy":
-            results[name] = accuracy(prediction, target)
-        elif name == "macro_f1":
-            results[name] = macro_f1(prediction, target)
-        elif name == "auroc":
-            results[name] = auroc(prediction, target)
-        elif name == "retrieval_accuracy":
-            results[name] = retrieval_accuracy(prediction)
-    return results
+    """The metrics ``names`` (a head's ``metrics``, registered names) of one task on a whole split."""
+    from mtmm_core.components import get_component
+
+    return {name: float(get_component("metric", name).factory(prediction, target)) for name in names}
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of the metric ``name`` is better (``loss``: no; a registered metric: its
+    ``higher_is_better`` metadata)."""
+    if name == "loss":
+        return False
+    from mtmm_core.components import get_component
+
+    return bool(get_component("metric", name).metadata.get("higher_is_better", True))

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from mtmm_core.errors import AmbiguousComponentError, PluginError, UnknownComponentError
 
-KINDS = ("encoder", "fusion", "head", "architecture", "weighting", "dataset")
+KINDS = ("encoder", "fusion", "head", "architecture", "weighting", "dataset", "metric")
 HOOK_OF_KIND = {kind: f"register_{kind}s" for kind in KINDS}
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 BUILTIN_DISTRIBUTION = "mtmm"

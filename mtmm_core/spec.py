@@ -82,6 +82,7 @@ def build_model(spec: Mapping[str, Any] | str | Path) -> MultimodalMultitaskMode
         name, params = _named(entry, f"tasks.{task}", "head")
         heads[task] = _instantiate("head", name, params, f"tasks.{task}",
                                    in_dim=_out_dim(architecture, "architecture"), modality_dims=input_dims)
+        _check_metrics(heads[task], name, f"tasks.{task}")
 
     name, params = _named(_with_default_name(spec.get("weighting"), DEFAULT_WEIGHTING), "weighting", "name")
     weighting = _instantiate("weighting", name, params, "weighting", tasks=tasks)
@@ -129,6 +130,15 @@ def _instantiate(kind: str, name: str, params: dict[str, Any], path: str,
     except Exception as error:  # a bug inside the component's constructor: name it, keep the chain
         raise SpecError(path, f"{origin} failed while being built, with {type(error).__name__}: {error} "
                               "(a bug in that component; the chained exception has its traceback)") from error
+
+
+def _check_metrics(head: Any, name: str, path: str) -> None:
+    """Every name in a head's ``metrics`` must be a registered metric (``register_metrics``)."""
+    for metric in getattr(head, "metrics", ()):
+        try:
+            get_component("metric", metric)
+        except (UnknownComponentError, AmbiguousComponentError) as error:
+            raise SpecError(f"{path}.head", f"head {name!r} lists the metric {metric!r}: {error}") from error
 
 
 def _accepted_arguments(factory: Any) -> set[str] | None:

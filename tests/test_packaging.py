@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,12 @@ def installed_wheel(tmp_path_factory) -> Path:
     """The project built as a wheel (no network, no build isolation) and unpacked into a target folder."""
     pytest.importorskip("setuptools")
     out = tmp_path_factory.mktemp("wheel")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    # Built from a copy: setuptools writes build/ and mtmm.egg-info beside the sources, and an
+    # egg-info in the repository would shadow the installed entry points for anything run from there.
+    source = out / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "runs",
+                                                                ".pytest_cache", ".benchmarks"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                             "-q", "-w", str(out / "dist")], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next((out / "dist").glob("mtmm-*.whl"))
