@@ -96,7 +96,7 @@ class MultimodalMultitaskModel(nn.Module):
 
         fused = self.fusion(tokens, masks, present)
         if fused.shape != (batch, self.fusion.out_dim):
-            raise ValueError(f"fusion {type(self.fusion).__name__} returned shape {tuple(fused.shape)}, "
+            raise ValueError(f"{component_label(self.fusion, 'fusion')} returned shape {tuple(fused.shape)}, "
                              f"expected [B={batch}, out_dim={self.fusion.out_dim}]")
         features = self.architecture(fused)
         pooled = {m: masked_mean(tokens[m], masks[m]) for m in tokens}
@@ -265,11 +265,17 @@ class MultimodalMultitaskModel(nn.Module):
         encoder = self.encoders[modality]
         tokens, mask = encoded
         if tokens.dim() != 3 or tokens.shape[0] != batch or tokens.shape[2] != encoder.out_dim:
-            raise ValueError(f"encoder {type(encoder).__name__} of modality {modality!r} returned tokens of shape "
+            raise ValueError(f"{component_label(encoder, 'encoder')} of modality {modality!r} returned tokens of shape "
                              f"{tuple(tokens.shape)}, expected [B={batch}, L, D={encoder.out_dim}]")
         if mask.shape != tokens.shape[:2] or mask.dtype != torch.bool:
-            raise ValueError(f"encoder {type(encoder).__name__} of modality {modality!r} returned a mask of shape "
+            raise ValueError(f"{component_label(encoder, 'encoder')} of modality {modality!r} returned a mask of shape "
                              f"{tuple(mask.shape)} and dtype {mask.dtype}, expected bool {tuple(tokens.shape[:2])}")
+
+
+def component_label(module: Any, kind: str) -> str:
+    """How messages name a built component: ``fusion 'film' from mtmm-extra 0.3.0`` (set by build_model),
+    else its kind and class name."""
+    return getattr(module, "mtmm_origin", None) or f"{kind} {type(module).__name__}"
 
 
 def _blank_absent(x: Any, present: torch.Tensor) -> Any:

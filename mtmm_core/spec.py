@@ -123,13 +123,18 @@ def _instantiate(kind: str, name: str, params: dict[str, Any], path: str,
     arguments.update({k: v for k, v in wiring.items() if accepted is None or k in accepted})
     origin = f"{kind} {component.name!r} from {component.distribution} {component.version}".rstrip()
     try:
-        return component.factory(**arguments)
+        built = component.factory(**arguments)
     except (ValueError, RuntimeError, ArithmeticError) as error:
         # RuntimeError/ArithmeticError: torch refusing e.g. a negative size, or a zero head count
         raise SpecError(path, f"{origin} rejected its parameters: {error}") from error
     except Exception as error:  # a bug inside the component's constructor: name it, keep the chain
         raise SpecError(path, f"{origin} failed while being built, with {type(error).__name__}: {error} "
                               "(a bug in that component; the chained exception has its traceback)") from error
+    try:
+        built.mtmm_origin = origin  # errors at run time name the component the same way (component_label)
+    except (AttributeError, TypeError):
+        pass  # an object that takes no attributes keeps its class name in messages
+    return built
 
 
 def _check_metrics(head: Any, name: str, path: str) -> None:

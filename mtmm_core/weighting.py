@@ -71,8 +71,8 @@ def weighted_total(weighting: nn.Module, losses: torch.Tensor, present: torch.Te
     total = call_with_present(weighting.forward, losses, present)
     if not isinstance(total, torch.Tensor) or total.dim() != 0:
         got = f"shape {list(total.shape)}" if isinstance(total, torch.Tensor) else type(total).__name__
-        name = getattr(weighting, "method", None) or type(weighting).__name__
-        raise ValueError(f"weighting {name!r}: forward(losses [T={losses.shape[0]}]) must return the weighted "
+        name = getattr(weighting, "mtmm_origin", None) or f"weighting {type(weighting).__name__!r}"
+        raise ValueError(f"{name}: forward(losses [T={losses.shape[0]}]) must return the weighted "
                          f"total as a scalar tensor [], got {got}")
     return total
 
@@ -132,7 +132,8 @@ def weighted_backward(weighting: nn.Module, losses: torch.Tensor,
     else:
         combined = weighting.combine(flat, losses.detach())
     if combined.shape != flat.shape[1:]:
-        raise ValueError(f"{type(weighting).__name__}.combine returned shape {list(combined.shape)}, "
+        name = getattr(weighting, "mtmm_origin", None) or f"weighting {type(weighting).__name__!r}"
+        raise ValueError(f"{name}: combine returned shape {list(combined.shape)}, "
                          f"expected [P={flat.shape[1]}]")
     pieces = torch.split(combined, [x.numel() for x in inputs])
     handles = [x.register_hook(lambda _grad, piece=piece, x=x: piece.view_as(x).to(x.dtype))

@@ -265,3 +265,33 @@ def test_a_bug_inside_a_components_constructor_names_the_component_and_keeps_the
         assert isinstance(error.value.__cause__, TypeError)
     finally:
         plugins.unregister_plugin(name)
+
+
+def test_a_component_breaking_its_contract_at_run_time_is_named_by_registered_name_and_distribution():
+    from torch import nn
+
+    from mtmm_core import plugins
+
+    class WideFusion(nn.Module):
+        def __init__(self, *, input_dims, dim=128):
+            super().__init__()
+            self.out_dim = dim
+
+        def forward(self, tokens, masks, present):
+            batch = next(iter(tokens.values())).shape[0]
+            return torch.zeros(batch, self.out_dim + 1)  # one feature too many
+
+    class Plugin:
+        @mtmm_core.hookimpl
+        def register_fusions(self, register):
+            register("wide_fusion", WideFusion)
+
+    name = plugins.register_plugin(Plugin(), name="test-wide-fusion")
+    try:
+        model = build_model({"dim": 8, "encoders": {"x": {"name": "tabular", "num_numeric": 3}},
+                             "fusion": "wide_fusion", "tasks": {"y": {"head": "regression"}}})
+        with pytest.raises(ValueError, match=r"fusion 'wide_fusion' from <in-process> *returned shape \(2, 9\), "
+                                             r"expected \[B=2, out_dim=8\]"):
+            model({"x": torch.randn(2, 3)})
+    finally:
+        plugins.unregister_plugin(name)
