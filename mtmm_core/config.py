@@ -154,6 +154,13 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
 
 
+def yaml_number(value: Any) -> Any:
+    """``value``, with a string such as ``1e-3`` (which YAML 1.1 reads as text) turned into a float."""
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def parse_override_value(raw: str, key: str = "") -> Any:
     """The value of ``--set key=VALUE`` read as YAML (``3``, ``0.1``, ``1e-3``, ``[a, b]``, ``true``, ``{name: x}``)."""
     if not raw.strip():
@@ -164,9 +171,7 @@ def parse_override_value(raw: str, key: str = "") -> Any:
         raise SpecError("", f"--set {key}={raw}: the value is not valid YAML: {yaml_problem(error)}. "
                         "Quote it to pass a string, e.g. --set 'key=\"text\"'; YAML tags (!!) are not allowed"
                         ) from error
-    if isinstance(value, str) and _SCIENTIFIC.fullmatch(raw.strip()):
-        return float(raw)
-    return value
+    return yaml_number(value)
 
 
 def apply_override(config: dict[str, Any], override: str) -> None:
@@ -238,8 +243,8 @@ def train_settings(section: dict[str, Any]) -> TrainSettings:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise SpecError(f"train.{key}", f"unknown setting{hint} Valid settings: {', '.join(known)}")
         expected = type(getattr(TrainSettings(), key))
-        if expected is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-            value = section[key] = float(value)  # `lr: 1e-3` in a YAML file is a string to PyYAML
+        if expected is float:
+            value = section[key] = yaml_number(value)  # `lr: 1e-3` in a YAML file is a string to PyYAML
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else isinstance(value, expected)
         if expected is int and isinstance(value, bool):
             ok = False
@@ -316,6 +321,20 @@ def check_device(name: str) -> None:
         raise SpecError("train.device", f"{name!r}, but MPS (Apple GPU) is not available here; use auto or cpu")
     elif kind == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
         raise SpecError("train.device", f"{name!r}, but no Intel XPU is available here; use auto or cpu")
+
+
+def check_output_file(out: str | Path, flag: str = "--out", example: str = "out.npz") -> Path:
+    """``out`` as a file to write: not a folder, and no file where a folder on its path should be
+    (missing folders are made when writing). Problems are UsageErrors naming ``flag``."""
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"{flag} {out} is a folder; give a file path, e.g. {out / example}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {out}: {parent} is a file, so it cannot hold {out.name}")
+            break
+    return out
 
 
 # -- run folders --------------------------------------------------------------------------------------

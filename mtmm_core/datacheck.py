@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import yaml
+
+from mtmm_core.config import yaml_number
 
 CONFIG_FILE = "dataset.yaml"
 SPLITS = ("train", "validation", "test")
@@ -38,7 +39,6 @@ DEFAULT_SPLITS = {"fractions": [0.8, 0.1, 0.1]}  # seed: dataset.yaml's, else da
 CHUNK_BYTES = 32 * 2**20  # how much of an array one scanning step reads
 SHOWN_ROWS = 5  # rows quoted in one problem's message
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # values reach the model as float32: value * scale must stay below
-_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-3: a string to YAML 1.1, a number to anyone
 SCALE_RANGE = (1e-12, 1e12)  # a modality's scale: a finite number in this range
 MAX_CLASSES = 100_000  # num_classes of a classification task, and K of [N, K] labels
 MAX_SAMPLE_VALUES = 2**26  # values in one sample: an array row, or the longest sequence's frames x features
@@ -96,13 +96,6 @@ def resolve_inside(root: str | Path, name: Any, field: str) -> Path:
     if path is None:
         raise ValueError(f"{Path(root) / CONFIG_FILE}: {field}: {reason}")
     return path
-
-
-def yaml_number(value: Any) -> Any:
-    """``value``, with a string such as ``1e-3`` (which YAML 1.1 reads as text) turned into a float."""
-    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-        return float(value)
-    return value
 
 
 def scale_problem(value: Any) -> str | None:

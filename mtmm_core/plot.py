@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mtmm_core.config import check_output_file
 from mtmm_core.errors import UsageError
 
 LOG_KEYS = ("epoch", "train", "validation", "task_weights")
@@ -45,19 +46,12 @@ def _output_path(out: str | Path | None, run_dir: str | Path, formats: dict[str,
     or ``RUN_DIR/training.png``. A folder, an unknown suffix or a file in the way is a UsageError."""
     if out is None:
         return Path(run_dir) / "training.png"
-    out = Path(out)
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give a file path, e.g. {out / 'training.png'}")
+    out = check_output_file(out, example="training.png")
     if not out.suffix:
         out = out.with_name(out.name + ".png")
     elif out.suffix[1:].lower() not in formats:
         raise UsageError(f"--out {out}: unknown image format {out.suffix!r}; valid: "
                          f"{', '.join('.' + name for name in sorted(formats))}")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"--out {out}: {parent} is a file, so it cannot hold {out.name}")
-            break
     return out
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mtmm_core.checkpoint import load_checkpoint
-from mtmm_core.config import read_run_model_spec
+from mtmm_core.config import check_output_file, read_run_model_spec
 from mtmm_core.data import load_dataset
 from mtmm_core.errors import SpecError, UsageError
 from mtmm_core.evaluation import select_modalities, to_device
@@ -42,27 +42,13 @@ def load_trained_model(run_dir: str | Path, device: str = "cpu"):
     return model.eval()
 
 
-def check_output_file(out: str | Path, flag: str = "--out") -> Path:
-    """``out`` as a file to write: not a folder, and no file where a folder on its path should be
-    (missing folders are made when writing). Problems are UsageErrors naming ``flag``."""
-    out = Path(out)
-    if out.is_dir():
-        raise UsageError(f"{flag} {out} is a folder; give a file path, e.g. {out / 'predictions.npz'}")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"{flag} {out}: {parent} is a file, so it cannot hold {out.name}")
-            break
-    return out
-
-
 @torch.no_grad()
 def predict(run_dir: str | Path, data: str, out: str | Path, batch_size: int = 256,
             modalities: list[str] | None = None) -> Path:
     """Write ``out`` (.npz): per task the head's raw prediction ``<task>`` (logits or values),
     ``<task>.label`` (argmax class) for classification, ``<task>.probability`` for binary heads,
     and ``split`` and ``row`` (the row within its split, or the folder row for data folders)."""
-    out = check_output_file(out)
+    out = check_output_file(out, example="predictions.npz")
     model = load_trained_model(run_dir)
     modalities = select_modalities(modalities, model.modalities)
     dataset = load_dataset({"name": data})

@@ -173,9 +173,8 @@ class Trainer:
                     self._train_epoch()
                     if self._end_epoch():
                         break
-            processes = f" --nproc {self.context.world_size}" if self.context.active else ""
             scoring = (f"stopped while scoring the test split; training is complete and saved, and "
-                       f"`mtmm train{processes} --resume {self.out_dir}` scores it again")
+                       f"`{self._resume_command()}` scores it again")
             with StopSignals(stop_now=scoring) as self.signals:
                 metrics = self.test()
                 distributed.barrier(self.context)
@@ -283,10 +282,13 @@ class Trainer:
         number = self.signals.received or signal.SIGTERM  # a rank that got no signal itself stops with the others
         where = (f"epoch {self.epoch + 1}, step {self.step_in_epoch} of {self.steps_per_epoch}"
                  if self.step_in_epoch else f"the end of epoch {self.epoch}")
-        processes = f" --nproc {self.context.world_size}" if self.context.active else ""
         raise TrainingInterrupted(number, f"{signal.Signals(number).name}: stopped at {where}; checkpoint "
-                                          f"{self.out_dir / 'last.pt'}. Continue with "
-                                          f"`mtmm train{processes} --resume {self.out_dir}`")
+                                          f"{self.out_dir / 'last.pt'}. Continue with `{self._resume_command()}`")
+
+    def _resume_command(self) -> str:
+        """The command that continues this run (with as many processes as it has)."""
+        processes = f" --nproc {self.context.world_size}" if self.context.active else ""
+        return f"mtmm train{processes} --resume {self.out_dir}"
 
     def _epoch_means(self) -> torch.Tensor:
         """Each task's mean training loss ``[T]`` (float64) over the steps of this epoch where it was present."""

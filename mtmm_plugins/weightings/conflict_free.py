@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mtmm_plugins.weightings.gradient_base import GramianWeighting
 from mtmm_plugins.weightings.solvers import unit_pseudo_solve
-from mtmm_plugins.weightings.upgrad import preference_vector, present_preferences
+from mtmm_plugins.weightings.upgrad import PreferenceGramianWeighting, present_preferences
 
 
 def conflict_free_weights(gram: np.ndarray, preferences: np.ndarray,
@@ -33,7 +32,7 @@ def conflict_free_weights(gram: np.ndarray, preferences: np.ndarray,
     return direction * (float(projections.sum()) / squared_length)
 
 
-class ConflictFreeGradient(GramianWeighting):
+class ConflictFreeGradient(PreferenceGramianWeighting):
     """ConFIG: the direction with equal cosine to every task gradient, as long as their projections.
 
     With ``J`` ``[t, P]`` the present tasks' gradients (rows ``g_i``), unit gradients
@@ -61,11 +60,6 @@ class ConflictFreeGradient(GramianWeighting):
     """
 
     method = "config"  # the registered name, for messages
-
-    def __init__(self, *, tasks: list[str], gradient_mode: str = "representation",
-                 preferences: list[float] | dict[str, float] | None = None):
-        super().__init__(tasks, gradient_mode)
-        self.preferences = preference_vector(preferences, self.tasks, self.method)
 
     def weights_from_gramian(self, gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:
         count = gram.shape[0]

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mtmm_plugins.weightings.gradient_base import GramianWeighting
-from mtmm_plugins.weightings.upgrad import dual_cone_weights, preference_vector, present_preferences
+from mtmm_plugins.weightings.upgrad import PreferenceGramianWeighting, dual_cone_weights, present_preferences
 
 
-class DualProjection(GramianWeighting):
+class DualProjection(PreferenceGramianWeighting):
     """DualProj: the (preference-weighted) mean gradient projected onto the dual cone of all tasks.
 
     With ``J`` ``[t, P]`` the present tasks' gradients (rows ``g_i``), ``G = J J^T`` ``[t, t]``
@@ -35,11 +34,6 @@ class DualProjection(GramianWeighting):
     """
 
     method = "dualproj"  # the registered name, for messages
-
-    def __init__(self, *, tasks: list[str], gradient_mode: str = "representation",
-                 preferences: list[float] | dict[str, float] | None = None):
-        super().__init__(tasks, gradient_mode)
-        self.preferences = preference_vector(preferences, self.tasks, self.method)
 
     def weights_from_gramian(self, gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:
         preferences = present_preferences(self.preferences, self.active, gram.shape[0])

@@ -90,7 +90,17 @@ def dual_cone_weights(gram: np.ndarray, targets: np.ndarray, dtype: torch.dtype 
     return solution
 
 
-class UnconflictingProjection(GramianWeighting):
+class PreferenceGramianWeighting(GramianWeighting):
+    """A Gramian weighting that takes ``preferences`` over the tasks (UPGrad, DualProj, ConFIG):
+    a list in task order or a dict by task name, stored as float64 ``[T]`` (None: the method's default)."""
+
+    def __init__(self, *, tasks: list[str], gradient_mode: str = "representation",
+                 preferences: list[float] | dict[str, float] | None = None):
+        super().__init__(tasks, gradient_mode)
+        self.preferences = preference_vector(preferences, self.tasks, self.method)
+
+
+class UnconflictingProjection(PreferenceGramianWeighting):
     """UPGrad: every task gradient projected onto the dual cone of all of them, then averaged.
 
     With ``J`` ``[t, P]`` the present tasks' gradients (rows ``g_i``) and ``G = J J^T`` ``[t, t]``:
@@ -118,11 +128,6 @@ class UnconflictingProjection(GramianWeighting):
     """
 
     method = "upgrad"  # the registered name, for messages
-
-    def __init__(self, *, tasks: list[str], gradient_mode: str = "representation",
-                 preferences: list[float] | dict[str, float] | None = None):
-        super().__init__(tasks, gradient_mode)
-        self.preferences = preference_vector(preferences, self.tasks, self.method)
 
     def weights_from_gramian(self, gram: np.ndarray, dtype: torch.dtype) -> np.ndarray:
         count = gram.shape[0]
