@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from mtmm_kernels import cross_modal_attention
+from mtmm_plugins.checks import check_heads, check_int
 
 
 def blank(x: torch.Tensor, keep: torch.Tensor | None, fill: int | float = 0) -> torch.Tensor:
@@ -77,8 +78,8 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int = 4, context_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
-        if dim % heads != 0:
-            raise ValueError(f"attention width dim={dim} must be divisible by heads={heads}")
+        check_int("dim", dim)
+        check_heads(heads, dim)
         self.heads = heads
         context_dim = dim if context_dim is None else context_dim
         self.to_q = nn.Linear(dim, dim)

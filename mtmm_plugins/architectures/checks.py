@@ -1,4 +1,5 @@
-"""Parameter and input checks shared by the built-in architectures."""
+"""Checks of the task list and the input shared by the built-in architectures (the numeric
+parameters use :mod:`mtmm_plugins.checks`)."""
 
 import torch
 
@@ -10,18 +11,6 @@ def check_tasks(tasks: list[str]) -> None:
     repeated = sorted({name for name in tasks if list(tasks).count(name) > 1})
     if repeated:
         raise ValueError(f"task names must be distinct; repeated: {', '.join(repeated)}")
-
-
-def check_width(name: str, value: int, minimum: int = 1) -> None:
-    """Raise ValueError unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_dropout(dropout: float) -> None:
-    """Raise ValueError unless ``0 <= dropout < 1``."""
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
 
 def check_features(x: torch.Tensor, in_dim: int, architecture: str) -> None:

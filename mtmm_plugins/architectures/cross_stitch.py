@@ -4,7 +4,8 @@ import torch
 from einops import einsum
 from torch import nn
 
-from mtmm_plugins.architectures.checks import check_dropout, check_features, check_tasks, check_width
+from mtmm_plugins.architectures.checks import check_features, check_tasks
+from mtmm_plugins.checks import check_fraction, check_int, check_number
 
 
 class CrossStitchNetwork(nn.Module):
@@ -29,13 +30,12 @@ class CrossStitchNetwork(nn.Module):
         self_weight: float = 0.9,
     ):
         super().__init__()
-        check_width("in_dim", in_dim)
+        check_int("in_dim", in_dim)
         check_tasks(tasks)
-        check_width("hidden", hidden)
-        check_width("depth", depth)
-        check_dropout(dropout)
-        if isinstance(self_weight, bool) or not isinstance(self_weight, (int, float)) or not 0.0 <= self_weight <= 1.0:
-            raise ValueError(f"self_weight must be in [0, 1], got {self_weight!r}")
+        check_int("hidden", hidden)
+        check_int("depth", depth)
+        check_fraction("dropout", dropout)
+        check_number("self_weight", self_weight, 0.0, 1.0)
         self.in_dim = in_dim
         self.tasks = list(tasks)
         self.out_dim = hidden

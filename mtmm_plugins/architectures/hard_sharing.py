@@ -3,7 +3,8 @@
 import torch
 from torch import nn
 
-from mtmm_plugins.architectures.checks import check_dropout, check_features, check_tasks, check_width
+from mtmm_plugins.architectures.checks import check_features, check_tasks
+from mtmm_plugins.checks import check_fraction, check_int
 
 
 class HardParameterSharing(nn.Module):
@@ -18,11 +19,11 @@ class HardParameterSharing(nn.Module):
         self, *, in_dim: int, tasks: list[str], hidden: int = 128, depth: int = 1, dropout: float = 0.0
     ):
         super().__init__()
-        check_width("in_dim", in_dim)
+        check_int("in_dim", in_dim)
         check_tasks(tasks)
-        check_width("hidden", hidden)
-        check_width("depth", depth, minimum=0)
-        check_dropout(dropout)
+        check_int("hidden", hidden)
+        check_int("depth", depth, minimum=0, note="0 = no trunk, the features pass unchanged")
+        check_fraction("dropout", dropout)
         self.in_dim = in_dim
         self.tasks = list(tasks)
         blocks = []

@@ -4,7 +4,8 @@ import torch
 from einops import einsum, rearrange
 from torch import nn
 
-from mtmm_plugins.architectures.checks import check_dropout, check_features, check_tasks, check_width
+from mtmm_plugins.architectures.checks import check_features, check_tasks
+from mtmm_plugins.checks import check_fraction, check_int
 
 
 class MultiGateMixtureOfExperts(nn.Module):
@@ -28,12 +29,12 @@ class MultiGateMixtureOfExperts(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        check_width("in_dim", in_dim)
+        check_int("in_dim", in_dim)
         check_tasks(tasks)
-        check_width("num_experts", num_experts)
-        check_width("expert_hidden", expert_hidden)
-        check_width("dim", dim)
-        check_dropout(dropout)
+        check_int("num_experts", num_experts)
+        check_int("expert_hidden", expert_hidden)
+        check_int("dim", dim)
+        check_fraction("dropout", dropout)
         self.in_dim = in_dim
         self.tasks = list(tasks)
         self.out_dim = dim

@@ -7,7 +7,8 @@ from einops import einsum
 from torch import nn
 from torch.nn import functional as F
 
-from mtmm_plugins.architectures.checks import check_dropout, check_features, check_tasks, check_width
+from mtmm_plugins.architectures.checks import check_features, check_tasks
+from mtmm_plugins.checks import check_fraction, check_int
 
 
 def _uniform(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
@@ -83,8 +84,8 @@ class ProgressiveLayeredExtraction(nn.Module):
     output ``dim``). Task ``t``'s softmax gate mixes its own experts with the shared ones.
     A level below the top also mixes all its experts for the shared path of the next level;
     each level reads the outputs of the one below (the first reads ``x``). ``levels = 1`` is
-    CGC. After each forward, ``last_gate_weights[task]`` holds the top level's gate
-    weights ``[B, task_experts + shared_experts]`` (own experts first; detached).
+    CGC. Either expert count may be 0, not both. After each forward, ``last_gate_weights[task]``
+    holds the top level's gate weights ``[B, task_experts + shared_experts]`` (own experts first; detached).
     """
 
     label = "ple architecture"
@@ -102,16 +103,17 @@ class ProgressiveLayeredExtraction(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        check_width("in_dim", in_dim)
+        check_int("in_dim", in_dim)
         check_tasks(tasks)
-        check_width("levels", levels)
-        check_width("shared_experts", shared_experts, minimum=0)
-        check_width("task_experts", task_experts, minimum=0)
+        check_int("levels", levels)
+        check_int("shared_experts", shared_experts, minimum=0, note="0 = no expert shared between tasks")
+        check_int("task_experts", task_experts, minimum=0, note="0 = only shared experts, as in mmoe")
         if shared_experts + task_experts < 1:
-            raise ValueError("every task gate needs an expert: shared_experts + task_experts must be at least 1")
-        check_width("expert_hidden", expert_hidden)
-        check_width("dim", dim)
-        check_dropout(dropout)
+            raise ValueError("every task gate needs an expert: shared_experts + task_experts must be at least 1, "
+                             f"got shared_experts={shared_experts}, task_experts={task_experts}")
+        check_int("expert_hidden", expert_hidden)
+        check_int("dim", dim)
+        check_fraction("dropout", dropout)
         self.in_dim = in_dim
         self.tasks = list(tasks)
         self.out_dim = dim

@@ -3,7 +3,8 @@
 import torch
 from torch import nn
 
-from mtmm_plugins.architectures.checks import check_dropout, check_features, check_tasks, check_width
+from mtmm_plugins.architectures.checks import check_features, check_tasks
+from mtmm_plugins.checks import check_fraction, check_int, check_number
 
 
 class SoftParameterSharing(nn.Module):
@@ -30,13 +31,12 @@ class SoftParameterSharing(nn.Module):
         hidden_per_task: dict[str, int] | None = None,
     ):
         super().__init__()
-        check_width("in_dim", in_dim)
+        check_int("in_dim", in_dim)
         check_tasks(tasks)
-        check_width("hidden", hidden)
-        check_width("depth", depth)
-        check_dropout(dropout)
-        if isinstance(coupling, bool) or not isinstance(coupling, (int, float)) or not coupling >= 0:
-            raise ValueError(f"coupling must be a number >= 0, got {coupling!r}")
+        check_int("hidden", hidden)
+        check_int("depth", depth)
+        check_fraction("dropout", dropout)
+        check_number("coupling", coupling, 0.0)
         widths = _tower_widths(list(tasks), hidden, hidden_per_task or {})
         self.in_dim = in_dim
         self.tasks = list(tasks)
@@ -72,7 +72,7 @@ def _tower_widths(tasks: list[str], hidden: int, per_task: dict[str, int]) -> di
     if unknown:
         raise ValueError(f"hidden_per_task names unknown tasks: {', '.join(unknown)}; the tasks are {', '.join(tasks)}")
     for task, width in per_task.items():
-        check_width(f"hidden_per_task.{task}", width)
+        check_int(f"hidden_per_task.{task}", width)
     widths = {task: per_task.get(task, hidden) for task in tasks}
     if len(set(widths.values())) > 1:
         groups: dict[int, list[str]] = {}

@@ -7,6 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from mtmm_core.contracts import EncoderOutput
+from mtmm_plugins.checks import check_int, check_ints
 from mtmm_plugins.encoders.common import blank, check_floating, check_shape, presence_mask, sample_presence
 
 
@@ -30,6 +31,9 @@ class ImageCNN(nn.Module):
 
     def __init__(self, *, in_channels: int = 1, dim: int = 128, channels: Sequence[int] = (32, 64)):
         super().__init__()
+        check_int("in_channels", in_channels)
+        check_int("dim", dim)
+        check_ints("channels", channels)
         if len(channels) == 0:
             raise ValueError("expected at least one entry in channels, got none")
         self.in_channels = in_channels

@@ -12,6 +12,7 @@ neither a token nor a gradient.
 import torch
 from torch import nn
 
+from mtmm_plugins.checks import check_fraction, check_heads, check_int
 from mtmm_plugins.layers import AttentionKeys, TransformerBlock, blank  # noqa: F401  (blank: for the encoders)
 
 
@@ -81,6 +82,15 @@ def presence_mask(present: torch.Tensor | None, batch: int, num_tokens: int, dev
     if present is None:
         return torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
     return present[:, None].expand(batch, num_tokens).clone()
+
+
+def check_transformer(dim: int, depth: int, heads: int, dropout: float) -> None:
+    """Raise ``ValueError`` unless the parameters of a transformer encoder are valid: ``dim``, ``depth``
+    and ``heads`` integers >= 1, ``heads`` dividing ``dim``, and ``0 <= dropout < 1``."""
+    check_int("dim", dim)
+    check_int("depth", depth)
+    check_heads(heads, dim)
+    check_fraction("dropout", dropout)
 
 
 class PositionalTransformer(nn.Module):

@@ -5,11 +5,13 @@ from einops import rearrange, repeat
 from torch import nn
 
 from mtmm_core.contracts import EncoderOutput
+from mtmm_plugins.checks import check_divisible, check_int
 from mtmm_plugins.encoders.common import (
     PositionalTransformer,
     blank,
     check_floating,
     check_shape,
+    check_transformer,
     presence_mask,
     sample_presence,
 )
@@ -42,10 +44,11 @@ class ImagePatchTransformer(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if image_size % patch_size != 0:
-            raise ValueError(
-                f"expected image_size divisible by patch_size={patch_size}, got image_size={image_size}"
-            )
+        check_int("image_size", image_size)
+        check_int("patch_size", patch_size)
+        check_divisible("image_size", image_size, "patch_size", patch_size)
+        check_int("in_channels", in_channels)
+        check_transformer(dim, depth, heads, dropout)
         self.image_size = image_size
         self.patch_size = patch_size
         self.in_channels = in_channels

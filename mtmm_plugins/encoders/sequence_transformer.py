@@ -4,12 +4,14 @@ import torch
 from torch import nn
 
 from mtmm_core.contracts import EncoderOutput
+from mtmm_plugins.checks import check_int
 from mtmm_plugins.encoders.common import (
     PositionalTransformer,
     blank,
     check_floating,
     check_lengths,
     check_shape,
+    check_transformer,
     prefix_mask,
 )
 
@@ -40,6 +42,9 @@ class SequenceTransformer(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
+        check_int("in_features", in_features)
+        check_transformer(dim, depth, heads, dropout)
+        check_int("max_len", max_len)
         self.in_features = in_features
         self.max_len = max_len
         self.out_dim = dim

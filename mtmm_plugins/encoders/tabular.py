@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mtmm_core.contracts import EncoderOutput
+from mtmm_plugins.checks import check_fraction, check_int, check_ints
 from mtmm_plugins.encoders.common import blank, check_floating, check_shape, presence_mask, sample_presence
 
 
@@ -39,13 +40,14 @@ class TabularMLP(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if num_numeric < 0:
-            raise ValueError(f"expected num_numeric >= 0, got {num_numeric}")
+        check_int("num_numeric", num_numeric, minimum=0)
+        check_ints("categories", categories)
         if num_numeric == 0 and len(categories) == 0:
             raise ValueError("expected at least one column: num_numeric is 0 and categories is empty")
-        for column, cardinality in enumerate(categories):
-            if cardinality < 1:
-                raise ValueError(f"expected categories[{column}] >= 1, got {cardinality}")
+        check_int("embedding_dim", embedding_dim)
+        check_int("hidden", hidden)
+        check_int("dim", dim)
+        check_fraction("dropout", dropout)
         self.num_numeric = num_numeric
         self.categories = list(categories)
         self.out_dim = dim

@@ -6,7 +6,15 @@ import torch
 from torch import nn
 
 from mtmm_core.contracts import EncoderOutput
-from mtmm_plugins.encoders.common import PositionalTransformer, blank, check_lengths, check_shape, prefix_mask
+from mtmm_plugins.checks import check_int
+from mtmm_plugins.encoders.common import (
+    PositionalTransformer,
+    blank,
+    check_lengths,
+    check_shape,
+    check_transformer,
+    prefix_mask,
+)
 
 
 class ByteTokenizer:
@@ -68,6 +76,8 @@ class ByteTextEncoder(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
+        check_transformer(dim, depth, heads, dropout)
+        check_int("max_len", max_len)
         self.max_len = max_len
         self.out_dim = dim
         self.tokenizer = ByteTokenizer()

@@ -14,6 +14,7 @@ from einops import repeat
 from torch import nn
 
 from mtmm_core.contracts import masked_mean
+from mtmm_plugins.checks import check_fraction, check_heads, check_int
 from mtmm_plugins.fusions.base import Fusion, present_mean
 from mtmm_plugins.layers import AttentionKeys, TransformerBlock
 
@@ -39,8 +40,9 @@ class CrossModalAttentionFusion(Fusion):
         self, *, input_dims: dict[str, int], dim: int = 128, heads: int = 4, depth: int = 1, dropout: float = 0.0
     ):
         super().__init__(input_dims=input_dims, dim=dim)
-        if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
+        check_heads(heads, dim)
+        check_int("depth", depth)
+        check_fraction("dropout", dropout)
         self.projections = nn.ModuleDict({m: _to_width(input_dims[m], dim) for m in self.modalities})
         self.cross_blocks = nn.ModuleDict(
             {
@@ -90,10 +92,10 @@ class PerceiverFusion(Fusion):
         dropout: float = 0.0,
     ):
         super().__init__(input_dims=input_dims, dim=dim)
-        if num_latents < 1:
-            raise ValueError(f"num_latents must be at least 1, got {num_latents}")
-        if depth < 0:
-            raise ValueError(f"depth must be non-negative, got {depth}")
+        check_int("num_latents", num_latents)
+        check_heads(heads, dim)
+        check_int("depth", depth, minimum=0, note="0 = the cross-attention block alone")
+        check_fraction("dropout", dropout)
         self.projections = nn.ModuleDict({m: _to_width(input_dims[m], dim) for m in self.modalities})
         self.modality_embeddings = nn.ParameterDict(
             {m: nn.Parameter(0.02 * torch.randn(dim)) for m in self.modalities}

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtmm_plugins.checks import check_int
+
 
 class Fusion(nn.Module):
     """Base class of the built-in fusions: checks the wiring and the inputs of ``forward``.
@@ -36,10 +38,8 @@ class Fusion(nn.Module):
                     f"modality name {name!r} cannot name a submodule: use a non-empty string "
                     "without '.' that is not an nn.Module attribute"
                 )
-            if not isinstance(width, int) or isinstance(width, bool) or width <= 0:
-                raise ValueError(f"input_dims[{name!r}] must be a positive int, got {width!r}")
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+            check_int(f"input_dims[{name!r}]", width)
+        check_int("dim", dim)
         self.input_dims = dict(input_dims)
         self.modalities = sorted(input_dims)
         self.dim = dim

@@ -11,6 +11,7 @@ from einops import einsum
 from torch import nn
 
 from mtmm_core.contracts import masked_mean
+from mtmm_plugins.checks import check_fraction, check_int
 from mtmm_plugins.fusions.base import Fusion, present_mean
 
 
@@ -83,8 +84,8 @@ class LateFusion(Fusion):
     ):
         super().__init__(input_dims=input_dims, dim=dim)
         hidden = dim if hidden_dim is None else hidden_dim
-        if hidden <= 0:
-            raise ValueError(f"hidden_dim must be positive, got {hidden_dim}")
+        check_int("hidden_dim", hidden)
+        check_fraction("dropout", dropout)
         self.branches = nn.ModuleDict(
             {
                 m: nn.Sequential(

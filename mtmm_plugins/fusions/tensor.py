@@ -11,6 +11,7 @@ from einops import einsum, rearrange
 from torch import nn
 
 from mtmm_core.contracts import masked_mean
+from mtmm_plugins.checks import check_fraction, check_int
 from mtmm_plugins.fusions.base import Fusion
 
 
@@ -33,8 +34,8 @@ class TensorFusion(Fusion):
 
     def __init__(self, *, input_dims: dict[str, int], dim: int = 128, factor_dim: int = 16, dropout: float = 0.0):
         super().__init__(input_dims=input_dims, dim=dim)
-        if factor_dim <= 0:
-            raise ValueError(f"factor_dim must be positive, got {factor_dim}")
+        check_int("factor_dim", factor_dim)
+        check_fraction("dropout", dropout)
         product_size = (factor_dim + 1) ** len(self.modalities)
         if product_size > self.max_product_size:
             raise ValueError(
@@ -88,8 +89,7 @@ class LowRankTensorFusion(Fusion):
 
     def __init__(self, *, input_dims: dict[str, int], dim: int = 128, rank: int = 4):
         super().__init__(input_dims=input_dims, dim=dim)
-        if rank <= 0:
-            raise ValueError(f"rank must be positive, got {rank}")
+        check_int("rank", rank)
         self.norms = nn.ModuleDict({m: nn.LayerNorm(input_dims[m]) for m in self.modalities})
         self.factors = nn.ParameterDict(
             {

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from mtmm_plugins.checks import check_int
 from mtmm_plugins.heads.mlp import check_features, check_hidden_and_dropout, check_positive, prediction_mlp
 
 
@@ -19,8 +20,7 @@ class ClassificationHead(nn.Module):
     def __init__(self, *, in_dim: int, num_classes: int, hidden: int = 0, dropout: float = 0.0):
         super().__init__()
         check_positive("in_dim", in_dim)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        check_int("num_classes", num_classes, minimum=2)
         check_hidden_and_dropout(hidden, dropout)
         self.in_dim = in_dim
         self.num_classes = num_classes

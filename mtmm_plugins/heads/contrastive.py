@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from einops import einsum
 from torch import nn
 
+from mtmm_plugins.checks import check_int, check_number
 from mtmm_plugins.heads.mlp import check_features, check_positive
 
 MIN_TEMPERATURE = 0.01
@@ -54,10 +55,9 @@ class ContrastiveAlignmentHead(nn.Module):
             raise ValueError(
                 f"contrastive head modalities {unknown} are not in the model; available: {available}"
             )
-        if not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
-            raise ValueError(
-                f"temperature must be in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {temperature!r}"
-            )
+        for name in modalities:
+            check_int(f"modality_dims[{name!r}]", modality_dims[name])
+        check_number("temperature", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
         self.in_dim = in_dim
         self.modality_dims = {name: modality_dims[name] for name in modalities}
         self.modality_a, self.modality_b = modalities

@@ -3,19 +3,18 @@
 import torch
 from torch import nn
 
+from mtmm_plugins.checks import check_fraction, check_int
+
 
 def check_positive(name: str, value: int) -> None:
     """Raise ValueError unless ``value`` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_int(name, value)
 
 
 def check_hidden_and_dropout(hidden: int, dropout: float) -> None:
     """Raise ValueError unless ``hidden`` is an integer >= 0 and ``0 <= dropout < 1``."""
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
-        raise ValueError(f"hidden must be an integer >= 0 (0 = a single linear layer), got {hidden!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_int("hidden", hidden, minimum=0, note="0 = a single linear layer")
+    check_fraction("dropout", dropout)
 
 
 def check_features(x: torch.Tensor, in_dim: int, head: str) -> None:
