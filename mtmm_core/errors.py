@@ -41,3 +41,8 @@ class UsageError(MtmmError, ValueError):
 class RunError(MtmmError, RuntimeError):
     """Training or evaluation could not go on (disk full, a run folder in use, a stalled process);
     the CLI exits with status 1."""
+
+
+class ComponentError(MtmmError, RuntimeError):
+    """A component (often a plugin's) failed while running; the message names its kind, registered
+    name and distribution, and the original exception is chained (``__cause__``) with its traceback."""

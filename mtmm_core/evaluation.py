@@ -68,7 +68,7 @@ def evaluate(model: MultimodalMultitaskModel, split: Any, device: torch.device, 
     model.eval()
     predictions: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
     targets: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
-    batch_scores: dict[str, list[float]] = {t: [] for t in model.tasks}
+    batch_scores: dict[str, list[dict[str, float]]] = {t: [] for t in model.tasks}
     loss_sums = torch.zeros(len(model.tasks), dtype=torch.float64)
     rows = np.arange(context.rank, len(split), context.world_size)
     for start in range(0, len(rows), batch_size):
@@ -78,8 +78,8 @@ def evaluate(model: MultimodalMultitaskModel, split: Any, device: torch.device, 
         loss_sums += model.task_losses(output, batch.targets, batch.task_masks).double().cpu() * len(chunk)
         for task, head in model.heads.items():
             prediction = output.predictions[task].float()
-            if head.loss_kind == "contrastive":  # similarity within a batch: score per batch
-                batch_scores[task].append(task_metrics(head.metrics, prediction, None)["retrieval_accuracy"])
+            if not model.losses[task].needs_target:  # e.g. similarities within a batch: score per batch
+                batch_scores[task].append(task_metrics(head.metrics, prediction, None))
                 continue
             mask = (batch.task_masks or {}).get(task)
             target = batch.targets[task]
@@ -95,7 +95,8 @@ def evaluate(model: MultimodalMultitaskModel, split: Any, device: torch.device, 
         scores = [score for shard in shards for score in shard[2][task]]
         task_predictions = [p for shard in shards for p in shard[0][task]]
         if scores:
-            results[f"{task}.retrieval_accuracy"] = float(np.mean(scores))
+            results.update({f"{task}.{name}": float(np.mean([score[name] for score in scores]))
+                            for name in head.metrics})
         elif task_predictions:
             task_targets = torch.cat([t for shard in shards for t in shard[1][task]])
             metrics = task_metrics(head.metrics, torch.cat(task_predictions), task_targets)

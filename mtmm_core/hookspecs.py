@@ -45,3 +45,10 @@ def register_datasets(register):
 def register_metrics(register):
     """Register evaluation metrics: ``metric(prediction, target) -> float`` on a whole split, with the
     metadata ``higher_is_better`` (bool); a head lists the names of its metrics in ``metrics``."""
+
+
+@hookspec
+def register_losses(register):
+    """Register task losses: ``loss(prediction, target, mask) -> Tensor []``, the mean over the samples
+    where ``mask`` ``[B]`` is True; metadata ``needs_target`` and ``ignore_index`` (see mtmm_core.losses).
+    A head names its loss by registered name in ``loss_kind``."""

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from mtmm_core.contracts import masked_mean
-from mtmm_core.losses import contrastive_loss
+from mtmm_core.errors import ComponentError, MtmmError
+from mtmm_core.losses import LossInfo, check_loss_value, loss_info
 from mtmm_kernels import multitask_loss
 
 
@@ -62,6 +63,7 @@ class MultimodalMultitaskModel(nn.Module):
         self.architecture = architecture
         self.heads = nn.ModuleDict(heads)
         self.weighting = weighting
+        self.losses = {task: _head_loss(task, head) for task, head in self.heads.items()}  # registered losses
         self._warned_keys: set[tuple[str, str]] = set()  # unknown task keys already warned about
         self.modality_dropout = modality_dropout
         self.spec = dict(spec or {})
@@ -86,99 +88,97 @@ class MultimodalMultitaskModel(nn.Module):
 
         tokens, masks = {}, {}
         for modality in sorted(inputs):
-            try:
-                batch_input = _blank_absent(inputs[modality], present[modality])  # NaN there cannot reach a weight
-                encoded = self.encoders[modality](batch_input, lengths.get(modality))
-            except ValueError as error:
-                raise ValueError(f"modality {modality!r}: {error}") from error
+            batch_input = _blank_absent(inputs[modality], present[modality])  # NaN there cannot reach a weight
+            encoded = _run(self.encoders[modality], "encoder", f"modality {modality!r}", batch_input,
+                           lengths.get(modality))
             self._check_encoded(modality, encoded, batch)
             tokens[modality], masks[modality] = encoded.tokens, encoded.mask & present[modality][:, None]
 
-        fused = self.fusion(tokens, masks, present)
+        fused = _run(self.fusion, "fusion", "", tokens, masks, present)
         if fused.shape != (batch, self.fusion.out_dim):
             raise ValueError(f"{component_label(self.fusion, 'fusion')} returned shape {tuple(fused.shape)}, "
                              f"expected [B={batch}, out_dim={self.fusion.out_dim}]")
-        features = self.architecture(fused)
+        features = _run(self.architecture, "architecture", "", fused)
         pooled = {m: masked_mean(tokens[m], masks[m]) for m in tokens}
         predictions = {}
         for task, head in self.heads.items():
             if getattr(head, "uses_modalities", False):
-                predictions[task] = head(features[task], pooled=pooled, present=present)
+                predictions[task] = _run(head, "head", f"task {task!r}", features[task], pooled=pooled, present=present)
             else:
-                predictions[task] = head(features[task])
+                predictions[task] = _run(head, "head", f"task {task!r}", features[task])
         return ModelOutput(predictions, present, fused)
 
     def task_losses(self, output: ModelOutput, targets: Mapping[str, torch.Tensor],
                     task_masks: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Unweighted per-task losses ``[T]`` in task order; a task without target or label counts 0.
 
-        The supervised tasks go through ``mtmm_kernels.multitask_loss`` together (one fused
-        launch on GPU). A head with a ``target_scale`` (regression) is scored on
+        Each head's ``loss_kind`` names a registered loss (``mtmm list loss``). The tasks whose loss
+        is one of mtmm's fused kinds go through ``mtmm_kernels.multitask_loss`` together (one
+        fused launch on GPU); any other loss (``contrastive``, a plugin's) is called as
+        ``loss(prediction, target, mask)``. A head with a ``target_scale`` (regression) is scored on
         ``prediction / scale`` against ``target / scale``, so tasks in different units weigh alike.
         """
         task_masks = dict(task_masks or {})
         self._check_task_keys(targets, task_masks)
         losses: dict[str, torch.Tensor] = {}
-        supervised: list[str] = []
+        fused: list[tuple[str, torch.Tensor, torch.Tensor, str, torch.Tensor | None]] = []
         for task, head in self.heads.items():
-            prediction = output.predictions[task]
-            if head.loss_kind == "contrastive":
-                first, second = head.modalities
-                both = _present_or_false(output.present, first, prediction) & _present_or_false(
-                    output.present, second, prediction)
-                mask = task_masks.get(task)
-                losses[task] = contrastive_loss(prediction, both if mask is None else mask.bool() & both)
-            elif task in targets:
-                supervised.append(task)
-            else:
+            info, prediction = self.losses[task], output.predictions[task]
+            if info.needs_target and task not in targets:
                 losses[task] = prediction.sum() * 0.0
-        if supervised:
-            preds, golds = [], []
-            for task in supervised:
-                prediction, target = output.predictions[task], targets[task]
-                scale = getattr(self.heads[task], "target_scale", None)
-                if scale is not None:
-                    prediction, target = prediction / scale, target / scale
-                preds.append(prediction)
-                golds.append(target)
-            kinds = [self.heads[task].loss_kind for task in supervised]
-            masks = [task_masks.get(task) for task in supervised]
+                continue
+            target = targets[task] if info.needs_target else None
+            scale = getattr(head, "target_scale", None)
+            if scale is not None and target is not None:
+                prediction, target = prediction / scale, target / scale
+            mask = self._sample_mask(task, output, task_masks.get(task))
+            if info.fused_kind is not None:  # the kernel skips its own ignore_index
+                fused.append((task, prediction, target, info.fused_kind, mask))
+                continue
+            if info.ignore_index is not None:
+                mask = _all_true(mask, prediction) & (target.to(prediction.device) != info.ignore_index)
+            losses[task] = _call_loss(info, task, prediction, target, _all_true(mask, prediction))
+        if fused:
+            tasks, preds, golds, kinds, masks = zip(*fused)
             try:
                 _, per_task = multitask_loss(preds, golds, kinds, task_masks=masks)
             except ValueError as error:
-                raise ValueError(f"{error} (task i is the i-th of {supervised})") from error
-            losses.update(zip(supervised, per_task.unbind()))
+                raise ValueError(f"{error} (task i is the i-th of {list(tasks)})") from error
+            losses.update(zip(tasks, per_task.unbind()))
         return torch.stack([losses[task].float() for task in self.heads])
 
     def labelled_tasks(self, output: ModelOutput, targets: Mapping[str, torch.Tensor],
                        task_masks: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Bool ``[T]`` in task order: True where the task has at least one labelled sample in the batch.
 
-        A task is absent when it has no target, when its task mask is all False, when every
-        cross-entropy target is the ignore index (-100), or (contrastive) when no sample has
-        both of its modalities. The weightings leave absent tasks out of the step. No host sync.
+        A task is absent when its loss needs a target and it has none, when its task mask is all
+        False, when every target equals its loss's ``ignore_index`` (cross entropy: -100), or when no
+        sample has every modality the head names in ``modalities`` (contrastive). The weightings
+        leave absent tasks out of the step. No host sync.
         """
         task_masks = dict(task_masks or {})
         self._check_task_keys(targets, task_masks)
         flags = []
-        for task, head in self.heads.items():
-            prediction, mask = output.predictions[task], task_masks.get(task)
-            if head.loss_kind == "contrastive":
-                first, second = head.modalities
-                labelled = _present_or_false(output.present, first, prediction) & _present_or_false(
-                    output.present, second, prediction)
-            elif task in targets:
-                target = targets[task]
-                labelled = torch.ones(target.shape[0], dtype=torch.bool, device=prediction.device)
-                if head.loss_kind == "cross_entropy":
-                    labelled = labelled & (target.to(prediction.device) != -100)
-            else:
+        for task in self.heads:
+            info, prediction = self.losses[task], output.predictions[task]
+            if info.needs_target and task not in targets:
                 flags.append(torch.zeros((), dtype=torch.bool, device=prediction.device))
                 continue
-            if mask is not None:
-                labelled = labelled & mask.to(device=labelled.device, dtype=torch.bool)
+            labelled = _all_true(self._sample_mask(task, output, task_masks.get(task)), prediction)
+            if info.ignore_index is not None:
+                labelled = labelled & (targets[task].to(prediction.device) != info.ignore_index)
             flags.append(labelled.any())
         return torch.stack(flags)
+
+    def _sample_mask(self, task: str, output: ModelOutput, task_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Bool ``[B]``: the samples of ``task`` that count (its task mask, and every modality its head
+        names in ``modalities`` present), or None when every sample does."""
+        prediction = output.predictions[task]
+        mask = None if task_mask is None else task_mask.to(device=prediction.device, dtype=torch.bool)
+        for modality in getattr(self.heads[task], "modalities", ()):
+            flags = _present_or_false(output.present, modality, prediction)
+            mask = flags if mask is None else mask & flags
+        return mask
 
     def compute_loss(self, output: ModelOutput, targets: Mapping[str, torch.Tensor],
                      task_masks: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -298,3 +298,52 @@ def _present_or_false(present: Mapping[str, torch.Tensor], modality: str, like: 
     if flags is None:
         return torch.zeros(like.shape[0], dtype=torch.bool, device=like.device)
     return flags
+
+
+def _run(module: nn.Module, kind: str, where: str, *args: Any, **kwargs: Any) -> Any:
+    """``module(*args, **kwargs)``, with any error it raises naming the component as built (kind,
+    registered name, distribution) and ``where`` (``modality 'audio'``, ``task 'digit'``), the original
+    chained. A ValueError (bad input) stays a ValueError; anything else (a bug in the component) becomes
+    a :class:`ComponentError`. mtmm's own errors and running out of memory pass unchanged."""
+    try:
+        return module(*args, **kwargs)
+    except (MtmmError, torch.OutOfMemoryError):
+        raise
+    except ValueError as error:
+        raise ValueError(f"{where + ': ' if where else ''}{component_label(module, kind)}: {error}") from error
+    except Exception as error:
+        raise ComponentError(f"{where + ': ' if where else ''}{component_label(module, kind)} failed with "
+                             f"{type(error).__name__}: {error} (the chained exception has its traceback)") from error
+
+
+def _head_loss(task: str, head: nn.Module) -> LossInfo:
+    """The registered loss a head names in ``loss_kind``; a ValueError naming the head otherwise."""
+    name = getattr(head, "loss_kind", None)
+    if not isinstance(name, str):
+        raise ValueError(f"{component_label(head, 'head')} of task {task!r} has no loss_kind: set it to the "
+                         "registered name of a loss (mtmm list loss)")
+    try:
+        return loss_info(name)
+    except MtmmError as error:
+        raise ValueError(f"{component_label(head, 'head')} of task {task!r} names the loss {name!r}: {error}") from error
+
+
+def _call_loss(info: LossInfo, task: str, prediction: torch.Tensor, target: torch.Tensor | None,
+               mask: torch.Tensor) -> torch.Tensor:
+    """A registered loss function's value for one task, checked to be a scalar; a failure inside it
+    is a :class:`ComponentError` naming the loss, its distribution and the task."""
+    try:
+        value = info.component.factory(prediction, target, mask)
+    except (MtmmError, torch.OutOfMemoryError):
+        raise
+    except Exception as error:
+        raise ComponentError(f"{info.label} (task {task!r}) failed with {type(error).__name__}: {error} "
+                             "(the chained exception has its traceback)") from error
+    return check_loss_value(value, info, task)
+
+
+def _all_true(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``mask``, or all True ``[B]`` on ``like``'s device when it is None."""
+    if mask is None:
+        return torch.ones(like.shape[0], dtype=torch.bool, device=like.device)
+    return mask

@@ -10,8 +10,9 @@ from typing import Any, Callable
 
 from mtmm_core.errors import AmbiguousComponentError, PluginError, UnknownComponentError
 
-KINDS = ("encoder", "fusion", "head", "architecture", "weighting", "dataset", "metric")
-HOOK_OF_KIND = {kind: f"register_{kind}s" for kind in KINDS}
+KINDS = ("encoder", "fusion", "head", "architecture", "weighting", "dataset", "metric", "loss")
+PLURAL = {kind: "losses" if kind == "loss" else f"{kind}s" for kind in KINDS}
+HOOK_OF_KIND = {kind: f"register_{PLURAL[kind]}" for kind in KINDS}
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 BUILTIN_DISTRIBUTION = "mtmm"
 
@@ -19,7 +20,7 @@ BUILTIN_DISTRIBUTION = "mtmm"
 def normalize_kind(kind: str) -> str:
     """Map ``"encoders"`` or ``"Encoder"`` to ``"encoder"``; raise for an unknown kind."""
     cleaned = kind.strip().lower()
-    singular = cleaned[:-1] if cleaned.endswith("s") and cleaned[:-1] in KINDS else cleaned
+    singular = next((kind for kind, plural in PLURAL.items() if cleaned == plural), cleaned)
     if singular not in KINDS:
         raise ValueError(f"unknown component kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     return singular
@@ -160,7 +161,7 @@ class Registry:
         if close:
             message += f"; did you mean {', '.join(repr(c) for c in close)}?"
         if known:
-            message += f" Known {kind}s: {', '.join(known)}"
+            message += f" Known {PLURAL[kind]}: {', '.join(known)}"
         else:
-            message += f" No {kind}s are registered (check `mtmm plugins`)"
+            message += f" No {PLURAL[kind]} are registered (check `mtmm plugins`)"
         return message

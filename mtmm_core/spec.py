@@ -82,7 +82,7 @@ def build_model(spec: Mapping[str, Any] | str | Path) -> MultimodalMultitaskMode
         name, params = _named(entry, f"tasks.{task}", "head")
         heads[task] = _instantiate("head", name, params, f"tasks.{task}",
                                    in_dim=_out_dim(architecture, "architecture"), modality_dims=input_dims)
-        _check_metrics(heads[task], name, f"tasks.{task}")
+        _check_loss_and_metrics(heads[task], name, f"tasks.{task}")
 
     name, params = _named(_with_default_name(spec.get("weighting"), DEFAULT_WEIGHTING), "weighting", "name")
     weighting = _instantiate("weighting", name, params, "weighting", tasks=tasks)
@@ -137,8 +137,17 @@ def _instantiate(kind: str, name: str, params: dict[str, Any], path: str,
     return built
 
 
-def _check_metrics(head: Any, name: str, path: str) -> None:
-    """Every name in a head's ``metrics`` must be a registered metric (``register_metrics``)."""
+def _check_loss_and_metrics(head: Any, name: str, path: str) -> None:
+    """A head's ``loss_kind`` must name a registered loss (``register_losses``) and every name in its
+    ``metrics`` a registered metric (``register_metrics``)."""
+    loss = getattr(head, "loss_kind", None)
+    if not isinstance(loss, str):
+        raise SpecError(f"{path}.head", f"head {name!r} has no loss_kind; a head names its loss by registered "
+                                        "name (mtmm list loss)")
+    try:
+        get_component("loss", loss)
+    except (UnknownComponentError, AmbiguousComponentError) as error:
+        raise SpecError(f"{path}.head", f"head {name!r} names the loss {loss!r}: {error}") from error
     for metric in getattr(head, "metrics", ()):
         try:
             get_component("metric", metric)
