@@ -283,6 +283,26 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_check_plugin(args: argparse.Namespace) -> int:
+    from mtmm_core.testing import check_distribution, find_breaches
+
+    if args.component:
+        kind, _, name = args.component.partition(":")
+        if not name:
+            raise UsageError(f"--component {args.component!r}: write KIND:NAME, e.g. fusion:film")
+        reports = [find_breaches(kind, f"{args.distribution}:{name}")]
+    else:
+        reports = check_distribution(args.distribution)
+    if args.json:
+        _print_json([{"component": r.label, "ok": r.ok, "breaches": [{"check": c, "problem": p} for c, p in r.breaches],
+                      "skipped": [{"check": c, "why": w} for c, w in r.skipped], "passed": r.passed} for r in reports])
+    else:
+        print("\n".join(str(report) for report in reports))
+        broken = sum(not report.ok for report in reports)
+        print(f"{len(reports)} component(s) of {args.distribution}: {broken} with breaches", file=sys.stderr)
+    return 0 if all(report.ok for report in reports) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mtmm`` command."""
     parser = argparse.ArgumentParser(prog="mtmm", description="Multimodal, multitask learning from registry names.")
@@ -303,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     describing.add_argument("name", help="component name, or distribution:name")
     describing.add_argument("--json", action="store_true", help="machine-readable output")
     describing.set_defaults(run=cmd_describe)
+
+    checking = commands.add_parser("check-plugin", help="check a distribution's components against their contracts")
+    checking.add_argument("distribution", help="the distribution that registers them (see `mtmm plugins`)")
+    checking.add_argument("--component", metavar="KIND:NAME", help="check only this one, e.g. fusion:film")
+    checking.add_argument("--json", action="store_true", help="machine-readable output")
+    checking.set_defaults(run=cmd_check_plugin)
 
     training = commands.add_parser("train", help="train a model (default: configs/default.yaml on avdigits)")
     training.add_argument("config", nargs="?", help="a config file, or the name of a shipped config")

@@ -22,22 +22,12 @@ No graph is retained T times: the batched call keeps the graph once for the fina
 from __future__ import annotations
 
 import inspect
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-
-class GradientLevelWeighting(Protocol):
-    """What :func:`weighted_backward` needs of a gradient-level weighting."""
-
-    gradient_level: bool
-    gradient_mode: str
-
-    def combine(self, grads: torch.Tensor, losses: torch.Tensor,
-                present: torch.Tensor | None = None) -> torch.Tensor: ...
-
-    def __call__(self, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor: ...
+from mtmm_core.contracts import GradientLevelWeighting
 
 
 def is_gradient_level(weighting: nn.Module) -> bool:

@@ -65,3 +65,11 @@ def test_build_model_uses_the_plugin_components(installed_example, monkeypatch):
         assert torch.isfinite(total)
     finally:
         sys.modules.pop("mtmm_example_plugin", None)
+
+
+def test_mtmm_check_plugin_passes_the_example_and_names_its_components(installed_example):
+    result = run_cli(installed_example, "check-plugin", "mtmm-example-plugin", "--json")
+    reports = {r["component"]: r for r in json.loads(result.stdout)}
+    assert set(reports) == {"encoder 'frame_mlp' from mtmm-example-plugin 0.1.0",
+                            "fusion 'max' from mtmm-example-plugin 0.1.0"}
+    assert all(r["ok"] and not r["skipped"] and len(r["passed"]) >= 10 for r in reports.values()), reports

@@ -13,7 +13,7 @@ import torch
 from mtmm_core import build_model
 from mtmm_core.errors import NonFiniteError
 from mtmm_plugins.weightings import BUILTIN_WEIGHTINGS
-from mtmm_plugins.weightings.gradient_base import GradientWeighting
+from mtmm_core.weighting_bases import GradientWeighting
 
 ALL, KEPT = ["t0", "t1", "t2"], ["t0", "t2"]
 PRESENT = torch.tensor([True, False, True])

@@ -23,6 +23,6 @@ def register_encoders(register):
     """Register the built-in encoders (the description is each class's first docstring line)."""
     register("cnn", ImageCNN)
     register("patch_transformer", ImagePatchTransformer)
-    register("sequence_transformer", SequenceTransformer)
+    register("sequence_transformer", SequenceTransformer, example_params={"in_features": 13})
     register("text", ByteTextEncoder)
-    register("tabular", TabularMLP)
+    register("tabular", TabularMLP, example_params={"num_numeric": 3, "categories": [4, 2]})

@@ -50,6 +50,11 @@ class ImageCNN(nn.Module):
         self.features = nn.Sequential(*stages)
         self.to_tokens = nn.Linear(channels[-1], dim)
 
+    def example_batch(self, batch_size: int) -> tuple[torch.Tensor, None]:
+        """Random images ``[batch_size, in_channels, 16, 16]`` (for ``mtmm check-plugin``)."""
+        side = max(16, 2**self.num_stages)
+        return torch.randn(batch_size, self.in_channels, side, side), None
+
     def forward(self, images: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
         check_shape(images, "image", ("B", self.in_channels, "H", "W"))
         check_floating(images, "image")

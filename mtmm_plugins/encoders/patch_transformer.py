@@ -58,6 +58,10 @@ class ImagePatchTransformer(nn.Module):
         self.cls_token = nn.Parameter(0.02 * torch.randn(dim))
         self.transformer = PositionalTransformer(dim, depth, heads, max_len=1 + num_patches, dropout=dropout)
 
+    def example_batch(self, batch_size: int) -> tuple[torch.Tensor, None]:
+        """Random images ``[batch_size, in_channels, image_size, image_size]`` (for ``mtmm check-plugin``)."""
+        return torch.randn(batch_size, self.in_channels, self.image_size, self.image_size), None
+
     def forward(self, images: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
         size = self.image_size
         check_shape(images, "image", ("B", self.in_channels, size, size))

@@ -51,6 +51,11 @@ class SequenceTransformer(nn.Module):
         self.frame_projection = nn.Linear(in_features, dim)
         self.transformer = PositionalTransformer(dim, depth, heads, max_len, dropout)
 
+    def example_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random frames ``[batch_size, T, in_features]`` with valid lengths ``[batch_size]`` in ``[1, T]``."""
+        steps = min(7, self.max_len)
+        return torch.randn(batch_size, steps, self.in_features), torch.randint(1, steps + 1, (batch_size,))
+
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
         check_shape(frames, "frames", ("B", "T", self.in_features))
         check_floating(frames, "frames")

@@ -62,6 +62,13 @@ class TabularMLP(nn.Module):
         self.category_projection = nn.Linear(embedding_dim, dim) if self.categories else None
         self.norm = nn.LayerNorm(dim)
 
+    def example_batch(self, batch_size: int) -> tuple[dict[str, torch.Tensor], None]:
+        """Random numeric features and categories, ``{"numeric": [B, num_numeric], "categorical": [B, C]}``."""
+        x = {"numeric": torch.randn(batch_size, self.num_numeric)}
+        if self.categories:
+            x["categorical"] = torch.stack([torch.randint(0, n, (batch_size,)) for n in self.categories], dim=1)
+        return x, None
+
     def forward(
         self, x: torch.Tensor | Mapping[str, torch.Tensor], lengths: torch.Tensor | None = None
     ) -> EncoderOutput:

@@ -84,6 +84,11 @@ class ByteTextEncoder(nn.Module):
         self.byte_embedding = nn.Embedding(ByteTokenizer.VOCAB_SIZE, dim, padding_idx=ByteTokenizer.PAD_ID)
         self.transformer = PositionalTransformer(dim, depth, heads, max_len, dropout)
 
+    def example_batch(self, batch_size: int) -> tuple[list[str], None]:
+        """Random short strings, one per sample (for ``mtmm check-plugin``)."""
+        words = ["seven", "cats", "sat", "on", "the", "mat", "ünïcode", "42"]
+        return [" ".join(words[(i + k) % len(words)] for k in range(1 + i % 4)) for i in range(batch_size)], None
+
     def forward(
         self, x: Sequence[str] | torch.Tensor, lengths: torch.Tensor | None = None
     ) -> EncoderOutput:

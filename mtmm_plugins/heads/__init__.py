@@ -11,7 +11,7 @@ __all__ = ["BinaryHead", "ClassificationHead", "ContrastiveAlignmentHead", "Regr
 
 @hookimpl
 def register_heads(register):
-    register("classification", ClassificationHead)
+    register("classification", ClassificationHead, example_params={"num_classes": 5})
     register("binary", BinaryHead)
     register("regression", RegressionHead)
-    register("contrastive", ContrastiveAlignmentHead)
+    register("contrastive", ContrastiveAlignmentHead, example_params={"modalities": ["a", "b"]})

@@ -14,7 +14,7 @@ from mtmm_plugins.weightings.fairgrad import FairGradient
 from mtmm_plugins.weightings.famo import FastAdaptiveWeighting
 from mtmm_plugins.weightings.gls import GeometricLossWeighting
 from mtmm_plugins.weightings.graddrop import GradientSignDropout
-from mtmm_plugins.weightings.gradient_base import GradientWeighting, GramianWeighting
+from mtmm_core.weighting_bases import GradientWeighting, GramianWeighting
 from mtmm_plugins.weightings.gradnorm import GradNormWeighting
 from mtmm_plugins.weightings.imtl import ImpartialGradientWeighting
 from mtmm_plugins.weightings.imtl_full import ImpartialMultitask
@@ -59,4 +59,4 @@ __all__ = [factory.__name__ for factory in BUILTIN_WEIGHTINGS.values()] + ["BUIL
 @hookimpl
 def register_weightings(register):
     for name, factory in BUILTIN_WEIGHTINGS.items():
-        register(name, factory)
+        register(name, factory, **({"example_params": {"weights": [1.0, 0.5, 2.0]}} if name == "static" else {}))

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from mtmm_plugins.weightings.gradient_base import GramianWeighting
+from mtmm_core.weighting_bases import GramianWeighting
 from mtmm_plugins.weightings.solvers import gramian_rank
 
 

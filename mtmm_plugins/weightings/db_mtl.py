@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from mtmm_plugins.weightings.gradient_base import GradientWeighting
+from mtmm_core.weighting_bases import GradientWeighting
 
 
 class DualBalancing(GradientWeighting):

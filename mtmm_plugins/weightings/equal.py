@@ -2,7 +2,7 @@
 
 import torch
 
-from mtmm_plugins.weightings.base import LossWeighting
+from mtmm_core.weighting_bases import LossWeighting
 
 
 class EqualWeighting(LossWeighting):

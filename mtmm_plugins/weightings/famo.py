@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from mtmm_plugins.weightings.base import LossWeighting, masked_softmax
+from mtmm_core.weighting_bases import LossWeighting, masked_softmax
 
 
 class FastAdaptiveWeighting(LossWeighting):

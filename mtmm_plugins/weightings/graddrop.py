@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from mtmm_plugins.weightings.gradient_base import GradientWeighting
+from mtmm_core.weighting_bases import GradientWeighting
 
 
 def per_task_values(value: float | list[float] | dict[str, float], tasks: list[str], name: str,

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from mtmm_core.errors import NonFiniteError
-from mtmm_plugins.weightings.base import masked_softmax
-from mtmm_plugins.weightings.gradient_base import GradientWeighting
+from mtmm_core.weighting_bases import masked_softmax
+from mtmm_core.weighting_bases import GradientWeighting
 
 
 class GradNormWeighting(GradientWeighting):

@@ -2,7 +2,7 @@
 
 import torch
 
-from mtmm_plugins.weightings.base import LossWeighting, masked_softmax
+from mtmm_core.weighting_bases import LossWeighting, masked_softmax
 
 DISTRIBUTIONS = ("normal", "uniform", "dirichlet")
 

@@ -10,8 +10,8 @@ depend on how differently the tasks' gradients are scaled.
 - :func:`min_norm_weights`: MGDA's min-norm point of the convex hull.
 - :func:`power_balance_weights`: ``G w = w^(-p)`` with ``w > 0``: Nash-MTL (``p = 1``) and
   FairGrad (``p = 1 / alpha``).
-- :func:`gramian`, :func:`normalised_gramian`, :func:`gramian_rank` and
-  :func:`unit_pseudo_solve`: the Gramian as a float64 array, the independent directions it
+- :func:`normalised_gramian`, :func:`gramian_rank` and :func:`unit_pseudo_solve` (the Gramian
+  itself is ``mtmm_core.weighting_bases.gramian``): the independent directions it
   holds at the gradients' precision, and the pseudo-inverse on them.
 """
 
@@ -23,20 +23,6 @@ import numpy as np
 import torch
 
 EPS64 = float(np.finfo(np.float64).eps)
-
-
-def gramian(grads: torch.Tensor) -> np.ndarray:
-    """``G = J J^T`` ``[T, T]`` as a float64 NumPy array, from task gradients ``J`` ``[T, P]``.
-
-    The product is taken in the gradients' dtype when it is float32 (as TorchJD does; a
-    float64 copy of ``J`` would double the memory traffic) and accumulated in float64
-    otherwise; :func:`rank_tolerance` accounts for the input's precision.
-    """
-    if grads.dtype in (torch.float16, torch.bfloat16):
-        grads = grads.float()
-    product = grads @ grads.T
-    gram = product.detach().double().cpu().numpy()
-    return (gram + gram.T) / 2
 
 
 def rank_tolerance(eigenvalues: np.ndarray, dtype: torch.dtype, size: int, length: int = 1) -> float:

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from mtmm_plugins.weightings.base import LossWeighting
+from mtmm_core.weighting_bases import LossWeighting
 
 
 class StaticWeighting(LossWeighting):

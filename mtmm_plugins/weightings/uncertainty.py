@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from mtmm_plugins.weightings.base import LossWeighting
+from mtmm_core.weighting_bases import LossWeighting
 
 # Multiplier c of exp(-s) L in each task type's term c * exp(-s) * L + 0.5 * s, where s = log sigma^2:
 #   regression:     L / (2 sigma^2) + log sigma = 0.5 * exp(-s) * L + 0.5 * s

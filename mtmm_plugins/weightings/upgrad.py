@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from mtmm_plugins.weightings.gradient_base import GramianWeighting
+from mtmm_core.weighting_bases import GramianWeighting
 from mtmm_plugins.weightings.solvers import nonnegative_qp, normalised_gramian
 
 

@@ -24,7 +24,12 @@ class FrameMLPEncoder(nn.Module):
         if lengths is None:
             lengths = torch.full((batch,), frames, device=x.device)
         mask = torch.arange(frames, device=x.device)[None, :] < lengths[:, None]
-        return EncoderOutput(self.net(x), mask)
+        frames_in = torch.where(mask[:, :, None], x, 0.0)  # padded frames may hold NaN: replace, never multiply
+        return EncoderOutput(self.net(frames_in), mask)
+
+    def example_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random frames ``[batch_size, 6, in_features]`` and lengths in [1, 6], for ``mtmm check-plugin``."""
+        return torch.randn(batch_size, 6, self.in_features), torch.randint(1, 7, (batch_size,))
 
 
 class MaxPoolFusion(nn.Module):
@@ -48,7 +53,7 @@ class MaxPoolFusion(nn.Module):
 
 @hookimpl
 def register_encoders(register):
-    register("frame_mlp", FrameMLPEncoder)
+    register("frame_mlp", FrameMLPEncoder, example_params={"in_features": 13})
 
 
 @hookimpl
