@@ -54,11 +54,12 @@ class TrainSettings:
     grad_clip: float = 1.0
     seed: int = 0
     monitor: str = "loss"  # "loss" (sum of validation task losses) or "<task>.<metric>", e.g. "match.accuracy"
-    patience: int = 5  # epochs without improvement of the monitored metric before stopping; 0 = never stop early
+    patience: int = 0  # epochs without improvement of the monitored metric before stopping; 0 = never stop early
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", "mps"
     eval_batch_size: int = 256
     progress: bool = True
     collective_timeout: float = 300.0  # seconds a collective may wait for another process before every rank stops
+    threads: int = 0  # CPU threads of torch; 0 = OMP_NUM_THREADS if set, else this process's share of its cores
 
 
 # The ranges train_settings() enforces (README.md, "Train"): key -> (lowest, highest, note); None = unbounded.
@@ -72,6 +73,7 @@ TRAIN_RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "seed": (0, MAX_SEED, ""),
     "patience": (0, None, " (0 never stops early)"),
     "collective_timeout": (1, None, " (seconds)"),
+    "threads": (0, None, " (0 chooses from the cores this process may use)"),
 }
 
 

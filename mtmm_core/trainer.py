@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -55,6 +56,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def cpu_threads(requested: int) -> int:
+    """Torch's CPU thread count: ``requested`` when > 0; else ``OMP_NUM_THREADS`` when set; else the
+    cores this process may run on (``os.sched_getaffinity``: a container's or ``taskset``'s limit, not the
+    machine's) shared among the processes on this machine (torchrun's ``LOCAL_WORLD_SIZE``)."""
+    if requested > 0:
+        return requested
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, cores // max(1, int(local) if local.isdigit() else 1))
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):
@@ -118,6 +133,8 @@ class Trainer:
         self.context = distributed.setup(self.device.type, self.settings.collective_timeout)
         if self.context.active and self.device.type == "cuda":
             self.device = torch.device("cuda", self.context.local_rank)
+        self.threads = cpu_threads(self.settings.threads)
+        torch.set_num_threads(self.threads)
         seed_everything(self.settings.seed)
         self.dataset = load_dataset(config["data"])
         self.model_spec = complete_model_spec(config["model"], self.dataset)
@@ -167,6 +184,10 @@ class Trainer:
         """
         if self.read_only:
             raise RunError(f"this Trainer opened {self.out_dir} read-only (to evaluate it); it cannot train")
+        if self.context.is_main:
+            processes = f", {self.context.world_size} processes" if self.context.active else ""
+            print(f"run folder {self.out_dir}  device {self.device}{processes}  {self.threads} CPU thread"
+                  f"{'s' if self.threads > 1 else ''} per process (train.threads)", file=sys.stderr)
         try:
             with StopSignals(distributed=self.context.active, announce=self.context.is_main) as self.signals:
                 while self.epoch < self.settings.epochs:
@@ -369,7 +390,14 @@ class Trainer:
             raise error or RunError(f"rank 0 could not write {self.out_dir}; its error says why")
         if distributed.agree(self.signals.received is not None, self.context):
             self._stop_at_boundary(save=False)
-        return self.settings.patience > 0 and self.stale_epochs >= self.settings.patience
+        stop = self.settings.patience > 0 and self.stale_epochs >= self.settings.patience
+        if stop and self.epoch < self.settings.epochs and self.context.is_main:
+            print(f"early stopping after epoch {self.epoch}/{self.settings.epochs}: validation "
+                  f"{self.settings.monitor} has not improved for {self.stale_epochs} epochs (train.patience "
+                  f"{self.settings.patience}); "
+                  + (f"best {self.best:.4g} at epoch {self.best_epoch}, whose weights (best.pt) are tested"
+                     if self.best is not None else "it was never a number"), file=sys.stderr)
+        return stop
 
     def _log_tensorboard(self, record: dict[str, Any]) -> None:
         """Mirror an epoch's record to TensorBoard in ``RUN_DIR/tensorboard`` when tensorboard is installed."""
@@ -427,6 +455,10 @@ class Trainer:
         if resume:
             self._restore(state if state is not None else
                           load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
+            if self.context.is_main:
+                where = (f"epoch {self.epoch + 1}/{self.settings.epochs}, step {self.step_in_epoch}"
+                         if self.step_in_epoch else f"the start of epoch {self.epoch + 1}/{self.settings.epochs}")
+                print(f"resuming {self.out_dir} at {where}", file=sys.stderr)
 
     def _resume_state(self) -> dict[str, Any]:
         """Everything ``last.pt`` holds to continue from this step boundary (every rank calls it: it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -30,7 +31,8 @@ def test_a_short_run_learns_well_above_chance_and_writes_its_run_folder(small_da
     assert state["epoch"] == 5 and "optimizer" in state and "scheduler" in state
 
 
-def test_a_run_killed_mid_step_resumes_from_the_last_commit_to_the_same_metrics(small_data, tmp_path, monkeypatch):
+def test_a_run_killed_mid_step_resumes_from_the_last_commit_to_the_same_metrics(small_data, tmp_path, monkeypatch,
+                                                                                 capsys):
     """A KeyboardInterrupt raised inside a step (not a signal: tests/test_interrupts.py covers those) saves
     nothing; the epoch-1 commit is the resume point."""
     overrides = ("train.epochs=2", "data.train_rows=384", "model.modality_dropout=0.3")
@@ -52,8 +54,10 @@ def test_a_run_killed_mid_step_resumes_from_the_last_commit_to_the_same_metrics(
     monkeypatch.setattr(FewRows, "batch", original)
     state = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
+    capsys.readouterr()
     resumed = Trainer(small_config(*overrides), tmp_path / "resumed", resume=True).run()
     assert json.dumps(resumed, sort_keys=True) == json.dumps(straight, sort_keys=True)
+    assert f"resuming {tmp_path / 'resumed'} at the start of epoch 2/" in capsys.readouterr().err
 
 
 def test_a_non_finite_loss_stops_naming_the_task_and_keeps_the_last_good_checkpoint(small_data, tmp_path,
@@ -147,9 +151,35 @@ def test_epochs_are_mirrored_to_tensorboard_when_it_is_installed(small_data, tmp
     assert {entry[2] for entry in written[1:-1]} == {1, 2}
 
 
-def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(small_data, tmp_path):
+def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(small_data, tmp_path, capsys):
     # lr 0: nothing changes, so the validation loss never improves on epoch 1
     Trainer(small_config("train.epochs=6", "data.train_rows=128", "train.lr=0.0", "train.patience=2"), tmp_path / "run").run()
+    assert re.search(r"early stopping after epoch 3/6: validation loss has not improved for 2 epochs \(train.patience 2\); "
+                     r"best \S+ at epoch 1, whose weights \(best.pt\) are tested", capsys.readouterr().err)
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in log] == [1, 2, 3]
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
+
+
+def test_cpu_threads_follow_the_setting_then_omp_then_this_process_share_of_its_cores(monkeypatch):
+    from mtmm_core.trainer import cpu_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert cpu_threads(3) == 3
+    assert cpu_threads(0) == 6  # the cores this process may use, not the machine's
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert cpu_threads(0) == 1  # 6 cores shared by 4 processes
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_threads(0) == 2 and cpu_threads(5) == 5
+
+
+def test_the_run_says_its_threads_and_train_threads_sets_them(small_data, tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        Trainer(small_config("train.epochs=1", "data.train_rows=64", "train.threads=1"), tmp_path / "run").run()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert re.search(r"run folder \S+run  device cpu  1 CPU thread per process \(train.threads\)", capsys.readouterr().err)
