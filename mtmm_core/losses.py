@@ -120,12 +120,7 @@ def contrastive(logits: torch.Tensor, target: None, mask: torch.Tensor) -> torch
 
     ``target`` is unused (None); fewer than two samples in ``mask`` give 0.
     """
-    return contrastive_loss(logits, mask.to(device=logits.device, dtype=torch.bool))
-
-
-def contrastive_loss(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over the valid samples of similarity ``logits`` ``[B, B]``; 0 for fewer than two."""
-    index = valid.nonzero().squeeze(1)
+    index = mask.to(device=logits.device, dtype=torch.bool).nonzero().squeeze(1)
     if index.numel() < 2:
         return logits.sum() * 0.0
     sub = logits[index][:, index].float()
@@ -141,7 +136,7 @@ BUILTIN_LOSSES = {"cross_entropy": cross_entropy, "bce": bce, "mse": mse, "l1": 
 def task_loss(kind: str, prediction: torch.Tensor, target: torch.Tensor | None,
               mask: torch.Tensor | None = None) -> torch.Tensor:
     """One task's loss with the built-in loss ``kind``, eagerly: the baseline the fused kernel is
-    benchmarked against. ``mask`` ``[B]`` bool (None: every sample); cross entropy also skips -100."""
+    benchmarked against. ``mask`` ``[B]`` bool (None: every sample); cross entropy also skips -100 itself."""
     if kind not in BUILTIN_LOSSES:
         raise ValueError(f"unknown loss kind {kind!r}; valid kinds: {', '.join(BUILTIN_LOSSES)}")
     valid = torch.ones(prediction.shape[0], dtype=torch.bool, device=prediction.device) if mask is None \
@@ -150,8 +145,6 @@ def task_loss(kind: str, prediction: torch.Tensor, target: torch.Tensor | None,
         return contrastive(prediction, None, valid)
     if target is None:
         raise ValueError(f"loss kind {kind!r} needs a target")
-    if kind == "cross_entropy":
-        valid = valid & (target.to(prediction.device) != IGNORE_INDEX)
     return BUILTIN_LOSSES[kind](prediction, target, valid)
 
 

@@ -128,16 +128,14 @@ class MultimodalMultitaskModel(nn.Module):
                 losses[task] = prediction.sum() * 0.0
                 continue
             target = targets[task] if info.needs_target else None
+            mask = self._counted_samples(task, output, target, task_masks.get(task))
             scale = getattr(head, "target_scale", None)
             if scale is not None and target is not None:
                 prediction, target = prediction / scale, target / scale
-            mask = self._sample_mask(task, output, task_masks.get(task))
-            if info.fused_kind is not None:  # the kernel skips its own ignore_index
+            if info.fused_kind is not None:
                 fused.append((task, prediction, target, info.fused_kind, mask))
-                continue
-            if info.ignore_index is not None:
-                mask = _all_true(mask, prediction) & (target.to(prediction.device) != info.ignore_index)
-            losses[task] = _call_loss(info, task, prediction, target, _all_true(mask, prediction))
+            else:
+                losses[task] = _call_loss(info, task, prediction, target, _all_true(mask, prediction))
         if fused:
             tasks, preds, golds, kinds, masks = zip(*fused)
             try:
@@ -164,20 +162,23 @@ class MultimodalMultitaskModel(nn.Module):
             if info.needs_target and task not in targets:
                 flags.append(torch.zeros((), dtype=torch.bool, device=prediction.device))
                 continue
-            labelled = _all_true(self._sample_mask(task, output, task_masks.get(task)), prediction)
-            if info.ignore_index is not None:
-                labelled = labelled & (targets[task].to(prediction.device) != info.ignore_index)
-            flags.append(labelled.any())
+            target = targets[task] if info.needs_target else None
+            flags.append(_all_true(self._counted_samples(task, output, target, task_masks.get(task)), prediction).any())
         return torch.stack(flags)
 
-    def _sample_mask(self, task: str, output: ModelOutput, task_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """Bool ``[B]``: the samples of ``task`` that count (its task mask, and every modality its head
-        names in ``modalities`` present), or None when every sample does."""
-        prediction = output.predictions[task]
+    def _counted_samples(self, task: str, output: ModelOutput, target: torch.Tensor | None,
+                         task_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Bool ``[B]``: the samples that count in ``task``'s loss (its task mask, every modality its head
+        names in ``modalities`` present, a target other than its loss's ``ignore_index``), or None when
+        every sample does."""
+        prediction, ignore_index = output.predictions[task], self.losses[task].ignore_index
         mask = None if task_mask is None else task_mask.to(device=prediction.device, dtype=torch.bool)
         for modality in getattr(self.heads[task], "modalities", ()):
             flags = _present_or_false(output.present, modality, prediction)
             mask = flags if mask is None else mask & flags
+        if ignore_index is not None and target is not None:
+            labelled = target.to(prediction.device) != ignore_index
+            mask = labelled if mask is None else mask & labelled
         return mask
 
     def compute_loss(self, output: ModelOutput, targets: Mapping[str, torch.Tensor],

@@ -65,27 +65,27 @@ def build_model(spec: Mapping[str, Any] | str | Path) -> MultimodalMultitaskMode
     encoders = {}
     for modality, entry in encoder_specs.items():
         name, params = _named(entry, f"encoders.{modality}", "name")
-        encoders[modality] = _instantiate("encoder", name, params, f"encoders.{modality}", defaults={"dim": dim})
+        encoders[modality] = instantiate("encoder", name, params, f"encoders.{modality}", defaults={"dim": dim})
     input_dims = {m: _out_dim(e, f"encoders.{m}") for m, e in encoders.items()}
 
     name, params = _named(spec["fusion"], "fusion", "name")
-    fusion = _instantiate("fusion", name, params, "fusion", defaults={"dim": dim}, input_dims=input_dims)
+    fusion = instantiate("fusion", name, params, "fusion", defaults={"dim": dim}, input_dims=input_dims)
 
     task_specs = _mapping(spec["tasks"], "tasks", non_empty=True)
     tasks = list(task_specs)
     name, params = _named(_with_default_name(spec.get("architecture"), DEFAULT_ARCHITECTURE), "architecture", "name")
-    architecture = _instantiate("architecture", name, params, "architecture", defaults={"dim": dim},
+    architecture = instantiate("architecture", name, params, "architecture", defaults={"dim": dim},
                                 in_dim=_out_dim(fusion, "fusion"), tasks=tasks)
 
     heads = {}
     for task, entry in task_specs.items():
         name, params = _named(entry, f"tasks.{task}", "head")
-        heads[task] = _instantiate("head", name, params, f"tasks.{task}",
+        heads[task] = instantiate("head", name, params, f"tasks.{task}",
                                    in_dim=_out_dim(architecture, "architecture"), modality_dims=input_dims)
         _check_loss_and_metrics(heads[task], name, f"tasks.{task}")
 
     name, params = _named(_with_default_name(spec.get("weighting"), DEFAULT_WEIGHTING), "weighting", "name")
-    weighting = _instantiate("weighting", name, params, "weighting", tasks=tasks)
+    weighting = instantiate("weighting", name, params, "weighting", tasks=tasks)
     return MultimodalMultitaskModel(encoders, fusion, architecture, heads, weighting, modality_dropout, spec)
 
 
@@ -105,9 +105,11 @@ def check_spec_values(spec: Mapping[str, Any], prefix: str = "") -> None:
         _check_names(spec["tasks"], f"{prefix}tasks", "task", "metric keys are '<task>.<metric>'")
 
 
-def _instantiate(kind: str, name: str, params: dict[str, Any], path: str,
-                 defaults: Mapping[str, Any] | None = None, **wiring: Any) -> Any:
-    """Resolve ``name``, check ``params`` against the factory, add the defaults and wiring it accepts, call it."""
+def instantiate(kind: str, name: str, params: dict[str, Any], path: str,
+                defaults: Mapping[str, Any] | None = None, **wiring: Any) -> Any:
+    """Resolve ``name``, check ``params`` against the factory, add the ``defaults`` (which ``params`` may
+    override) and the ``wiring`` (which they may not) that it accepts, and call it. Every error is a
+    :class:`SpecError` at ``path``; the result's ``mtmm_origin`` names it in run-time errors."""
     key = "head" if kind == "head" else "name"
     try:
         component = get_component(kind, name)

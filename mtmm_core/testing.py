@@ -30,19 +30,21 @@ from mtmm_core.components import check_arguments, get_component, list_components
 from mtmm_core.contracts import CONTRACTS
 from mtmm_core.errors import MtmmError, UsageError
 from mtmm_core.registry import Component, normalize_distribution, normalize_kind
+from mtmm_core.spec import instantiate
 from mtmm_core.weighting import call_with_present, is_gradient_level, takes_present
 
-#: Arguments mtmm wires in when it builds a component, here on small widths.
+#: What mtmm passes when it builds a component, here on small widths: defaults a component's own
+#: parameters may override (``dim``), and wiring they may not.
 MODALITY_DIMS = {"a": 8, "b": 12}
 TASKS = ["t1", "t2", "t3"]
 FEATURES = 16
+DEFAULTS: dict[str, dict[str, Any]] = {"encoder": {"dim": FEATURES}, "fusion": {"dim": FEATURES},
+                                       "architecture": {"dim": FEATURES}}
 WIRING: dict[str, dict[str, Any]] = {
-    "encoder": {"dim": FEATURES},
-    "fusion": {"input_dims": MODALITY_DIMS, "dim": FEATURES},
-    "architecture": {"in_dim": FEATURES, "tasks": TASKS[:2], "dim": FEATURES},
+    "fusion": {"input_dims": MODALITY_DIMS},
+    "architecture": {"in_dim": FEATURES, "tasks": TASKS[:2]},
     "head": {"in_dim": FEATURES, "modality_dims": MODALITY_DIMS},
     "weighting": {"tasks": TASKS},
-    "dataset": {},
 }
 
 
@@ -125,25 +127,17 @@ def check_distribution(distribution: str) -> list[Report]:
 
 
 def _build(component: Component, params: dict[str, Any], report: Report) -> Any:
-    wiring = dict(WIRING[component.kind])
+    """The component built as ``build_model`` builds it; None (reported) when it cannot be."""
+    defaults, wiring = DEFAULTS.get(component.kind, {}), WIRING.get(component.kind, {})
     params = {**component.metadata.get("example_params", {}), **params}
     try:
-        check_arguments(component, params, path="", supplied=frozenset(wiring))
-    except MtmmError as error:
+        check_arguments(component, params, path="", supplied=frozenset(wiring) | frozenset(defaults))
+    except MtmmError as error:  # a required parameter without a value: the checker cannot build it
         report.skipped.append(("build", f"{error}; pass it: check_component({component.kind!r}, "
                                         f"{component.name!r}, <parameter>=...)"))
         return None
-    accepted = _accepted(component.factory)
-    arguments = {k: v for k, v in wiring.items() if accepted is None or k in accepted}
-    arguments.update(params)
-    return report.run("build with defaults", lambda: component.factory(**arguments))
-
-
-def _accepted(factory: Callable[..., Any]) -> set[str] | None:
-    import inspect
-
-    parameters = inspect.signature(factory).parameters.values()
-    return None if any(p.kind == p.VAR_KEYWORD for p in parameters) else {p.name for p in parameters}
+    return report.run("build with defaults", lambda: instantiate(
+        component.kind, component.qualified_name, params, component.kind, defaults, **wiring))
 
 
 def _finite(x: Any) -> bool:
