@@ -225,7 +225,7 @@ def test_an_os_error_while_writing_is_one_line_with_the_path_and_exit_1(trained_
     (ImportError("mtmm plot needs matplotlib"), 2, "mtmm plot needs matplotlib"),
 ], ids=["run-error", "usage-error", "spec-error", "multi-line", "file-not-found", "import-error"])
 def test_main_maps_errors_to_exit_statuses(error, status, fragment, monkeypatch, capsys):
-    import mtmm_core.cli as cli
+    import mtmm_core.cli.runs as cli
 
     def fail(args):
         raise error
@@ -236,7 +236,7 @@ def test_main_maps_errors_to_exit_statuses(error, status, fragment, monkeypatch,
 
 
 def test_a_real_bug_still_shows_its_traceback(monkeypatch):
-    import mtmm_core.cli as cli
+    import mtmm_core.cli.runs as cli
 
     def bug(args):
         raise KeyError("a bug")
@@ -247,7 +247,7 @@ def test_a_real_bug_still_shows_its_traceback(monkeypatch):
 
 
 def test_a_surprising_value_is_a_one_line_warning(monkeypatch, capsys):
-    import mtmm_core.cli as cli
+    import mtmm_core.cli.runs as cli
 
     def lr_zero(args):
         train_settings({"lr": 0})
