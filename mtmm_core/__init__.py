@@ -1,5 +1,6 @@
 """mtmm: multimodal, multitask learning composed from registry names."""
 
+from mtmm_core.api import Run, load_run, train
 from mtmm_core.components import create, describe, get_component, list_components
 from mtmm_core.contracts import Batch, EncoderOutput, masked_mean
 from mtmm_core.errors import (
@@ -25,6 +26,7 @@ __all__ = [
     "MtmmError",
     "MultimodalMultitaskModel",
     "PluginError",
+    "Run",
     "SpecError",
     "UnknownComponentError",
     "build_model",
@@ -33,8 +35,10 @@ __all__ = [
     "get_component",
     "hookimpl",
     "list_components",
+    "load_run",
     "load_spec",
     "masked_mean",
     "register_plugin",
+    "train",
     "unregister_plugin",
 ]

@@ -19,7 +19,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -82,15 +82,23 @@ def default_config() -> dict[str, Any]:
     return load_config(CONFIG_DIR / "default.yaml")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a config (default: ``configs/default.yaml``), apply ``key=value`` overrides and validate it."""
+def load_config(path: str | Path | Mapping[str, Any] | None = None,
+                overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a config (default: ``configs/default.yaml``; a shipped config by name; or a mapping, which may
+    ``extends:`` a shipped config or a file), apply ``key=value`` overrides and validate it."""
+    if isinstance(path, Mapping):
+        return _apply_overrides(_with_extends(copy.deepcopy(dict(path)), Path.cwd(), "the config", seen=()),
+                                overrides)
     path = Path(path) if path is not None else CONFIG_DIR / "default.yaml"
     if not path.is_file() and (CONFIG_DIR / f"{path}.yaml").is_file():
         path = CONFIG_DIR / f"{path}.yaml"  # a shipped config by name: `mtmm train gated`
     if not path.is_file():
         shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise SpecError("", f"config {str(path)!r} not found; shipped configs: {', '.join(shipped)}")
-    config = _read_with_extends(path, seen=())
+    return _apply_overrides(_read_with_extends(path, seen=()), overrides)
+
+
+def _apply_overrides(config: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     overridden: set[str] = set()
     for override in overrides or []:
         _forget_parameters_on_rename(config, override, overridden)
@@ -127,13 +135,18 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise SpecError("", f"{path} is not valid YAML: {yaml_problem(error)}") from error
     if not isinstance(config, dict):
         raise SpecError("", f"{path} must hold a mapping with sections {', '.join(SECTIONS)}")
+    return _with_extends(config, path.parent, str(path), seen + (path.resolve(),))
+
+
+def _with_extends(config: dict[str, Any], folder: Path, name: str, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """``config`` merged over the config its ``extends`` key names (a file in ``folder`` or a shipped name)."""
     base = config.pop("extends", None)
     if base is None:
         return config
-    base_path = path.parent / base if (path.parent / base).is_file() else CONFIG_DIR / f"{base}.yaml"
+    base_path = folder / base if (folder / base).is_file() else CONFIG_DIR / f"{base}.yaml"
     if not base_path.is_file():
-        raise SpecError("extends", f"{path} extends {base!r}, which is neither a file beside it nor a shipped config")
-    return _deep_merge(_read_with_extends(base_path, seen + (path.resolve(),)), config)
+        raise SpecError("extends", f"{name} extends {base!r}, which is neither a file beside it nor a shipped config")
+    return _deep_merge(_read_with_extends(base_path, seen), config)
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from mtmm_core.config import check_output_file, read_run_model_spec
 from mtmm_core.data import load_dataset
 from mtmm_core.errors import SpecError, UsageError
 from mtmm_core.evaluation import select_modalities, to_device
+from mtmm_core.model import MultimodalMultitaskModel
 from mtmm_core.spec import build_model
 
 
@@ -43,15 +45,21 @@ def load_trained_model(run_dir: str | Path, device: str = "cpu"):
 
 
 @torch.no_grad()
-def predict(run_dir: str | Path, data: str, out: str | Path, batch_size: int = 256,
-            modalities: list[str] | None = None) -> Path:
-    """Write ``out`` (.npz): per task the head's raw prediction ``<task>`` (logits or values),
-    ``<task>.label`` (argmax class) for classification, ``<task>.probability`` for binary heads,
-    and ``split`` and ``row`` (the row within its split, or the folder row for data folders)."""
-    out = check_output_file(out, example="predictions.npz")
-    model = load_trained_model(run_dir)
+def predict_arrays(model: MultimodalMultitaskModel, dataset: Any, batch_size: int = 256,
+                   modalities: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Every sample of every split of ``dataset`` through ``model`` (in eval mode), as arrays of N rows:
+
+    - ``split`` (str) and ``row`` (the row within its split; the folder's row for a data folder);
+    - ``<task>``: the head's output: logits ``[N, C]`` of a classification head; a binary head's
+      logits ``[N]`` (``[N, K]`` for K labels); a regression head's values ``[N]`` (``[N, K]``),
+      in the units of the data's targets (the head undoes the standardisation it trains on);
+    - ``<task>.label`` ``[N]``: the predicted class (argmax of the logits), not the true label;
+    - ``<task>.probability``: the sigmoid of a binary head's logits, the shape of ``<task>``.
+
+    A task whose loss needs no target (e.g. ``contrastive``) has no per-sample prediction and is left out.
+    """
     modalities = select_modalities(modalities, model.modalities)
-    dataset = load_dataset({"name": data})
+    model.eval()
     device = next(model.parameters()).device
     collected: dict[str, list[np.ndarray]] = {task: [] for task in model.tasks}
     splits, rows = [], []
@@ -66,7 +74,7 @@ def predict(run_dir: str | Path, data: str, out: str | Path, batch_size: int = 2
             rows.append(split.indices[local] if hasattr(split, "indices") else local)
     arrays: dict[str, np.ndarray] = {"split": np.array(splits), "row": np.concatenate(rows)}
     for task, head in model.heads.items():
-        if head.loss_kind == "contrastive":
+        if not model.losses[task].needs_target:
             continue  # similarities within a batch are not per-sample predictions
         values = np.concatenate(collected[task])
         arrays[task] = values
@@ -74,6 +82,17 @@ def predict(run_dir: str | Path, data: str, out: str | Path, batch_size: int = 2
             arrays[f"{task}.label"] = values.argmax(axis=1)
         elif head.loss_kind == "bce":
             arrays[f"{task}.probability"] = 1.0 / (1.0 + np.exp(-values))
+    return arrays
+
+
+def predict(run_dir: str | Path, data: str, out: str | Path, batch_size: int = 256,
+            modalities: list[str] | None = None) -> Path:
+    """Write ``out`` (.npz) with :func:`predict_arrays` of the run's best weights on the data set ``data``
+    (a registered name or a data folder); the layout is documented in docs/runs.md."""
+    out = check_output_file(out, example="predictions.npz")
+    model = load_trained_model(run_dir)
+    select_modalities(modalities, model.modalities)  # a bad subset fails before the data loads
+    arrays = predict_arrays(model, load_dataset({"name": data}), batch_size, modalities)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as file:  # np.savez would append .npz to a name without it
         np.savez(file, **arrays)

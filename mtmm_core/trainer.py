@@ -20,7 +20,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -118,12 +118,14 @@ class Trainer:
 
     ``resume`` continues the run in ``out_dir``; ``force`` starts a new run in a folder that
     holds other files (replacing an old run's); ``read_only`` opens a run to evaluate it,
-    without taking the folder's lock or writing to it.
+    without taking the folder's lock or writing to it. ``on_epoch_end(record)`` sees each epoch's
+    ``metrics.jsonl`` record after it is saved (``mtmm tune`` prunes a trial by raising from it).
     """
 
     def __init__(self, config: dict[str, Any], out_dir: str | Path, resume: bool = False, force: bool = False,
-                 read_only: bool = False):
+                 read_only: bool = False, on_epoch_end: Callable[[dict[str, Any]], None] | None = None):
         self.config = config
+        self.on_epoch_end = on_epoch_end  # called with each epoch's record once it is saved; may raise to stop
         self.settings = TrainSettings(**config["train"])
         self.out_dir = Path(out_dir)
         self.folder = RunFolder(self.out_dir)
@@ -390,6 +392,8 @@ class Trainer:
             raise error or RunError(f"rank 0 could not write {self.out_dir}; its error says why")
         if distributed.agree(self.signals.received is not None, self.context):
             self._stop_at_boundary(save=False)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(record)
         stop = self.settings.patience > 0 and self.stale_epochs >= self.settings.patience
         if stop and self.epoch < self.settings.epochs and self.context.is_main:
             print(f"early stopping after epoch {self.epoch}/{self.settings.epochs}: validation "
