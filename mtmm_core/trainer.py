@@ -34,6 +34,7 @@ from mtmm_core.data_fit import require_model_fit
 from mtmm_core.errors import RunError, UsageError
 from mtmm_core.evaluation import evaluate, is_better, to_device
 from mtmm_core.interrupts import StopSignals, TrainingInterrupted
+from mtmm_core.progress import EpochProgress, epoch_summary, run_header, terminal_width
 from mtmm_core.run_folder import RunFolder
 from mtmm_core.spec import build_model
 from mtmm_core.transfer import freeze, load_weights, transfer_settings
@@ -83,25 +84,6 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-class ProgressBar:
-    """A one-line progress bar with live per-task losses on a terminal; silent elsewhere."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-
-    def update(self, label: str, done: int, total: int, losses: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        filled = int(24 * done / total)
-        shown = "  ".join(f"{task} {value:.3f}" for task, value in losses.items())
-        sys.stderr.write(f"\r{label} [{'=' * filled}{' ' * (24 - filled)}] {done}/{total}  {shown}\033[K")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
 
 
 def tensorboard_writer_class() -> Any:
@@ -169,6 +151,7 @@ class Trainer:
             self.optimizer, warmup_cosine(total_steps, self.settings.warmup_fraction))
         self.epoch, self.step_in_epoch, self.best, self.stale_epochs = 0, 0, None, 0
         self.best_epoch: int | None = None
+        self._epoch_started = time.perf_counter()
         self._tensorboard: Any = None  # created on the first epoch's log, False when unavailable
         self.epoch_loss_sums = torch.zeros(len(self.model.tasks), dtype=torch.float64)
         self.epoch_present_counts = torch.zeros(len(self.model.tasks), dtype=torch.float64)
@@ -187,9 +170,11 @@ class Trainer:
         if self.read_only:
             raise RunError(f"this Trainer opened {self.out_dir} read-only (to evaluate it); it cannot train")
         if self.context.is_main:
-            processes = f", {self.context.world_size} processes" if self.context.active else ""
-            print(f"run folder {self.out_dir}  device {self.device}{processes}  {self.threads} CPU thread"
-                  f"{'s' if self.threads > 1 else ''} per process (train.threads)", file=sys.stderr)
+            print(run_header(out_dir=self.out_dir, device=self.device, threads=self.threads,
+                             processes=self.context.world_size, data_name=str(self.config["data"]["name"]),
+                             split_sizes={name: len(split) for name, split in self.dataset.splits.items()},
+                             model_spec=self.model_spec, model=self.model, settings=self.settings,
+                             steps_per_epoch=self.steps_per_epoch, width=terminal_width()), file=sys.stderr)
         try:
             with StopSignals(distributed=self.context.active, announce=self.context.is_main) as self.signals:
                 while self.epoch < self.settings.epochs:
@@ -225,7 +210,9 @@ class Trainer:
     def _train_epoch(self) -> None:
         settings, split = self.settings, self.dataset.splits["train"]
         order = torch.randperm(len(split), generator=torch.Generator().manual_seed(settings.seed * 100_003 + self.epoch))
-        progress = ProgressBar(settings.progress and self.context.is_main)
+        self._epoch_started = time.perf_counter()
+        progress = EpochProgress(settings.progress and self.context.is_main, f"epoch {self.epoch + 1}/{settings.epochs}",
+                                 total=len(split), done=min(len(split), self.step_in_epoch * settings.batch_size))
         if (self.frozen and self.transfer.unfreeze_at_epoch is not None
                 and self.epoch + 1 >= self.transfer.unfreeze_at_epoch and not self.frozen[0][1].requires_grad):
             for _, parameter in self.frozen:
@@ -266,8 +253,7 @@ class Trainer:
                 self.epoch_regularization_sum += regularization.detach()  # stays on the device until the epoch ends
             self.step_in_epoch = step + 1
             means = self._epoch_means().tolist()
-            progress.update(f"epoch {self.epoch + 1}/{settings.epochs}", step + 1, self.steps_per_epoch,
-                            dict(zip(self.model.tasks, means)))
+            progress.update(len(global_rows), dict(zip(self.model.tasks, means)))
             if stop_voted if self.context.active else self.signals.received is not None:
                 progress.close()
                 self._stop_at_boundary(save=True)
@@ -386,8 +372,9 @@ class Trainer:
                     error = caught
             if error is None:
                 self._log_tensorboard(record)
-                summary = "  ".join(f"{k} {v:.3f}" for k, v in validation.items() if not k.endswith(".loss"))
-                print(f"epoch {self.epoch}/{self.settings.epochs}  {summary}", file=sys.stderr)
+                print(epoch_summary(self.epoch, self.settings.epochs, record["train"], validation,
+                                    self.settings.monitor, improved, time.perf_counter() - self._epoch_started,
+                                    terminal_width()), file=sys.stderr)
         if distributed.agree(error is not None, self.context):
             raise error or RunError(f"rank 0 could not write {self.out_dir}; its error says why")
         if distributed.agree(self.signals.received is not None, self.context):
