@@ -86,7 +86,7 @@ def _dotted(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 
 def train(config: str | Path | Mapping[str, Any] | None = None, *, out: str | Path | None = None,
-          data: str | None = None, init_from: str | Path | None = None, force: bool = False,
+          data: str | Path | Mapping[str, Any] | None = None, init_from: str | Path | None = None, force: bool = False,
           resume: str | Path | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
           **overrides: Any) -> Run:
     """Train a model and return its :class:`Run` (the model holds the best epoch's weights).
@@ -95,7 +95,7 @@ def train(config: str | Path | Mapping[str, Any] | None = None, *, out: str | Pa
     mapping (which may ``extends:`` one). ``overrides`` set config values as ``--set`` does, as
     sections or dotted keys: ``train={"epochs": 2}``, ``**{"model.fusion.name": "gated"}``.
     ``out`` is the run folder (default ``runs/<time>``); ``data`` a registered data set or a data
-    folder; ``init_from`` a run whose weights start this one; ``resume`` continues an interrupted
+    folder (as ``--data``), or keys of the ``data`` section (``data={"name": "avdigits", "seed": 1}``); ``init_from`` a run whose weights start this one; ``resume`` continues an interrupted
     run from its own config. ``on_epoch_end(record)`` sees each epoch's ``metrics.jsonl`` record.
     """
     from mtmm_core.trainer import Trainer
@@ -107,7 +107,9 @@ def train(config: str | Path | Mapping[str, Any] | None = None, *, out: str | Pa
         out_dir, merged = Path(resume), read_run_config(resume)
     else:
         extra = _dotted(overrides)
-        if data:
+        if isinstance(data, Mapping):  # the data section's keys, like any other section
+            extra += _dotted({"data": data})
+        elif data:
             extra.append(f"data.name={json.dumps(str(data))}")
         if init_from:
             extra.append(f"transfer.init_from={json.dumps(str(init_from))}")
@@ -121,7 +123,9 @@ def train(config: str | Path | Mapping[str, Any] | None = None, *, out: str | Pa
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     """The run in folder ``path`` (written by ``mtmm train`` or :func:`train`), its model with the best
-    weights (``best.pt``, else ``last.pt``) on ``device``, in eval mode."""
+    weights (``best.pt``, else ``last.pt``) on ``device``, in eval mode. A folder written by
+    ``mtmm export --format safetensors`` loads too (weights from ``model.safetensors``; its ``history``
+    and ``test_metrics`` are empty)."""
     path = Path(path)
     model = load_trained_model(path, device)
     return Run(path=path, config=read_run_config(path), model=model, history=_read_history(path),

@@ -15,6 +15,8 @@ from mtmm_core.registry import Component, normalize_kind
 
 # Arguments that build_model supplies itself; a user never writes them in a spec.
 WIRING_ARGUMENTS = {"input_dims", "in_dim", "tasks", "modality_dims"}
+# Arguments that build_model fills from the spec's top level unless the component's own entry sets them.
+SPEC_DEFAULTS = {kind: {"dim": "model.dim"} for kind in ("encoder", "fusion", "architecture")}
 
 
 def list_components(kind: str | None = None, pattern: str = "*") -> list[Component]:
@@ -27,8 +29,10 @@ def get_component(kind: str, name: str) -> Component:
     return plugins.registry().resolve(kind, name)
 
 
-def parameters(factory: Callable[..., Any]) -> list[dict[str, Any]]:
-    """The keyword parameters of ``factory``: name, type, default, required, and whether mtmm sets it."""
+def parameters(factory: Callable[..., Any], kind: str | None = None) -> list[dict[str, Any]]:
+    """The keyword parameters of ``factory``: name, type, default, required, whether mtmm sets it, and
+    ``default_from``: the spec key whose value replaces the default for a component of ``kind`` (e.g. an
+    encoder's ``dim`` comes from ``model.dim`` unless its own entry sets ``dim``), else None."""
     signature = inspect.signature(factory)
     hints = _type_hints(factory)
     rows = []
@@ -43,6 +47,7 @@ def parameters(factory: Callable[..., Any]) -> list[dict[str, Any]]:
             "default": None if required else parameter.default,
             "required": required,
             "set_by_mtmm": name in WIRING_ARGUMENTS,
+            "default_from": SPEC_DEFAULTS.get(kind or "", {}).get(name),
         })
     return rows
 
@@ -58,7 +63,7 @@ def describe(kind: str, name: str) -> dict[str, Any]:
         "distribution": component.distribution,
         "version": component.version,
         "plugin": component.plugin,
-        "parameters": parameters(component.factory),
+        "parameters": parameters(component.factory, component.kind),
         "metadata": {key: value for key, value in component.metadata.items() if _is_json_value(value)},
     }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -111,3 +111,69 @@ def is_better(metric: str, value: float, best: float | None) -> bool:
         return not math.isnan(value)
     higher = higher_is_better(metric.rpartition(".")[2])
     return value > best if higher else value < best
+
+
+class ClassLabels(NamedTuple):
+    """A classification task's true and predicted labels on a split, for a confusion matrix.
+
+    ``true`` and ``predicted`` are int64 arrays of the same shape: ``[N]`` class indices in
+    ``0..classes-1`` for a single-label head, ``[N]`` or ``[N, K]`` zeros and ones for a binary head
+    (``classes`` 2). ``kind`` is the head's ``loss_kind`` (``cross_entropy`` or ``bce``).
+    """
+
+    kind: str
+    true: np.ndarray
+    predicted: np.ndarray
+    classes: int
+
+
+CLASSIFICATION_LOSSES = ("cross_entropy", "bce")
+
+
+def classification_tasks(model: MultimodalMultitaskModel) -> list[str]:
+    """The tasks whose head is a classifier: ``loss_kind`` ``cross_entropy`` (single-label) or ``bce``."""
+    return [task for task, head in model.heads.items() if getattr(head, "loss_kind", None) in CLASSIFICATION_LOSSES]
+
+
+@torch.no_grad()
+def classification_labels(model: MultimodalMultitaskModel, split: Any, device: torch.device, batch_size: int = 256,
+                          modalities: list[str] | None = None) -> dict[str, ClassLabels]:
+    """True and predicted labels of each classification task (:func:`classification_tasks`) on a whole split.
+
+    Only the samples that count in the task's loss are kept: its task mask, a target other than the
+    loss's ``ignore_index`` (cross entropy's -100), the modalities its head needs. The predicted
+    class is the argmax of a single-label head's logits, and ``logit > 0`` for a binary head.
+    ``modalities`` restricts the inputs as in :func:`evaluate`. One process; :func:`evaluate` is unchanged.
+    """
+    modalities = select_modalities(modalities, model.modalities, source="modalities")
+    tasks = classification_tasks(model)
+    model.eval()
+    true: dict[str, list[np.ndarray]] = {task: [] for task in tasks}
+    predicted: dict[str, list[np.ndarray]] = {task: [] for task in tasks}
+    classes = {task: int(getattr(model.heads[task], "num_classes", 2)) for task in tasks}
+    for start in range(0, len(split), batch_size):
+        batch = to_device(split.batch(np.arange(start, min(start + batch_size, len(split)))), device,
+                          modalities, model.tasks)
+        output = model(batch.inputs, batch.lengths, batch.present)
+        for task in tasks:
+            if task not in batch.targets:
+                continue
+            logits, target = output.predictions[task].float(), batch.targets[task]
+            mask = model._counted_samples(task, output, target, (batch.task_masks or {}).get(task))
+            if model.heads[task].loss_kind == "cross_entropy":
+                classes[task] = int(logits.shape[1])
+                guess, gold = logits.argmax(dim=1), target.long()
+            else:
+                guess, gold = (logits > 0).long(), (target.float() > 0.5).long()
+            if mask is not None:
+                mask = mask.to(guess.device, torch.bool)
+                guess, gold = guess[mask], gold[mask]
+            predicted[task].append(guess.cpu().numpy())
+            true[task].append(gold.cpu().numpy())
+    result = {}
+    for task in tasks:
+        gold = np.concatenate(true[task]) if true[task] else np.zeros(0, dtype=np.int64)
+        guess = np.concatenate(predicted[task]) if predicted[task] else np.zeros(0, dtype=np.int64)
+        result[task] = ClassLabels(model.heads[task].loss_kind, gold.astype(np.int64), guess.astype(np.int64),
+                                   classes[task])
+    return result

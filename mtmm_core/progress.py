@@ -133,7 +133,7 @@ def run_header(*, out_dir: Any, device: Any, threads: int, processes: int, data_
     total, trainable = count_parameters(model)
     frozen = f" ({total - trainable:,} frozen)" if trainable < total else ""
     processes_text = f", {processes} processes" if processes > 1 else ""
-    encoders = ", ".join(f"{m} {e['name']}" for m, e in model_spec["encoders"].items())
+    encoders = ", ".join(f"{m} {_name(e)}" for m, e in model_spec["encoders"].items())
     splits = ", ".join(f"{name} {size:,}" for name, size in split_sizes.items())
     threads_text = f"{threads} CPU thread{'s' if threads > 1 else ''} per process (train.threads)"
     schedule = [f"schedule: {settings.epochs} epochs", f"{steps_per_epoch} steps x {settings.batch_size} samples",
@@ -144,14 +144,19 @@ def run_header(*, out_dir: Any, device: Any, threads: int, processes: int, data_
         *wrap_items([f"run folder {out_dir}", f"device {device}{processes_text}", threads_text], width),
         *wrap_items([f"data: {data_name} ({splits} samples)"], width),
         *wrap_items([f"model: {total:,} parameters{frozen};", f"encoders {encoders};",
-                     f"fusion {model_spec['fusion']['name']};",
-                     f"weighting {model_spec.get('weighting', {}).get('name', 'equal')}"], width, separator=" "),
+                     f"fusion {_name(model_spec['fusion'])};",
+                     f"weighting {_name(model_spec.get('weighting', 'equal'))}"], width, separator=" "),
         *wrap_items(schedule, width, separator=", "),
         "tasks (train and validation losses as the model optimises them):",
     ]
     for task, head in model.heads.items():
         wrapped.extend(wrap_items(_loss_meaning(head), width, first=f"  {task}:", separator=" "))
     return "\n".join(wrapped)
+
+
+def _name(entry: Any) -> str:
+    """A spec entry's component name: ``{name: gated, ...}`` or the short form ``gated``."""
+    return str(entry.get("name")) if isinstance(entry, dict) else str(entry)
 
 
 def _loss_meaning(head: Any) -> list[str]:

@@ -446,7 +446,7 @@ class Trainer:
         if resume:
             self._restore(state if state is not None else
                           load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
-            if self.context.is_main:
+            if self.context.is_main and not self.read_only:
                 where = (f"epoch {self.epoch + 1}/{self.settings.epochs}, step {self.step_in_epoch}"
                          if self.step_in_epoch else f"the start of epoch {self.epoch + 1}/{self.settings.epochs}")
                 print(f"resuming {self.out_dir} at {where}", file=sys.stderr)

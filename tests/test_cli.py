@@ -39,7 +39,25 @@ def test_describe_shows_parameters(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["name"] == "sequence_transformer"
     assert {"name": "in_features", "type": "int", "default": None, "required": True,
-            "set_by_mtmm": False} in info["parameters"]
+            "set_by_mtmm": False, "default_from": None} in info["parameters"]
+    assert {p["name"]: p["default_from"] for p in info["parameters"]}["dim"] == "model.dim"
+
+
+def test_describe_says_model_dim_wins_over_a_dim_default_and_an_entry_wins_over_both(capsys):
+    """What `describe` prints for `dim` is what build_model does."""
+    import mtmm_core
+
+    assert main(["describe", "fusion", "cross_attention"]) == 0
+    out = capsys.readouterr().out
+    assert "model.dim (the spec's value; 128 only if it sets none)" in out
+    spec = {"dim": 48, "encoders": {"a": {"name": "tabular", "num_numeric": 3}, "b": {"name": "tabular", "num_numeric": 2}},
+            "fusion": {"name": "cross_attention"}, "tasks": {"t": {"head": "regression"}}}
+    model = mtmm_core.build_model(spec)
+    assert model.encoders["a"].out_dim == 48 and model.fusion.out_dim == 48
+    model = mtmm_core.build_model({**spec, "fusion": {"name": "cross_attention", "dim": 32}})
+    assert model.encoders["a"].out_dim == 48 and model.fusion.out_dim == 32
+    model = mtmm_core.build_model({k: v for k, v in spec.items() if k != "dim"})
+    assert model.fusion.out_dim == 128
 
 
 def test_unknown_names_exit_2_with_suggestions(capsys):

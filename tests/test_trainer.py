@@ -98,6 +98,11 @@ def test_predict_writes_every_sample_of_the_data_set(small_data, tmp_path, capsy
         assert saved["image_digit"].shape == (total, 10) and saved["image_digit.label"].shape == (total,)
         assert ((saved["match.probability"] >= 0) & (saved["match.probability"] <= 1)).all()
         assert saved["digit_sum"].shape == (total,) and np.isfinite(saved["digit_sum"]).all()
+        # .label is the predicted class, .probability the sigmoid of the logits (docs/runs.md's table)
+        assert (saved["image_digit.label"] == saved["image_digit"].argmax(axis=1)).all()
+        logits = saved["match"].astype(np.float64)
+        np.testing.assert_allclose(saved["match.probability"], 1 / (1 + np.exp(-logits)), rtol=1e-6)
+        assert list(saved["split"][:1]) == ["train"] and (saved["row"][:512] == np.arange(512)).all()
 
 
 def test_invalid_configs_name_the_key():

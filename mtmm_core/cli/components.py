@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from mtmm_core import plugins
-from mtmm_core.cli._output import print_json, table
+from mtmm_core.cli._output import print_json, table, width
 from mtmm_core.components import describe, list_components
 from mtmm_core.errors import UsageError
 from mtmm_core.registry import KINDS, normalize_kind
@@ -61,8 +62,15 @@ def cmd_describe(args: argparse.Namespace) -> int:
         default = "required" if p["required"] else f"default {p['default']!r}"
         if p["set_by_mtmm"]:
             default = "set by mtmm"
+        elif p.get("default_from"):
+            default = f"{p['default_from']} (the spec's value; {p['default']!r} only if it sets none)"
         rows.append(["  " + p["name"], p["type"], default])
     print(table(rows, ["  NAME", "TYPE", "DEFAULT"]) if rows else "  (none)")
+    inherited = [p for p in info["parameters"] if p.get("default_from")]
+    for p in inherited:
+        print(textwrap.fill(f"{p['name']}: a config's {p['default_from']} (e.g. 64 in configs/default.yaml) sets "
+                            f"it for every {info['kind']} whose own entry does not; `{p['name']}: N` in this "
+                            f"{info['kind']}'s entry wins over both", width()))
     return 0
 
 

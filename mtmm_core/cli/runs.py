@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mtmm_core.cli._output import print_json, print_metrics
@@ -11,23 +12,42 @@ from mtmm_core.errors import UsageError
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mtmm_core.config import read_run_config
-    from mtmm_core.evaluation import select_modalities
+    from mtmm_core.evaluation import classification_tasks, select_modalities
     from mtmm_core.trainer import Trainer
 
     run = Path(args.run_dir)
     config = read_run_config(run)
     if not (run / "last.pt").is_file():
         raise UsageError(f"{run} holds no checkpoint (last.pt): the run did not finish an epoch")
+    figure_path = None
+    if args.plot is not None:
+        from mtmm_core.plot import output_path, pyplot
+
+        pyplot()  # without matplotlib, say so before the data loads
+        figure_path = output_path(args.plot, run, default="confusion.png", flag="--plot")
     if args.data:
         config["data"] = {"name": args.data}
     trainer = Trainer(config, run, resume=True, read_only=True)
     modalities = select_modalities(args.modalities, trainer.model.modalities)
+    if figure_path is not None and not classification_tasks(trainer.model):
+        raise UsageError(f"--plot: {run} has no classification task (a head with loss_kind cross_entropy or "
+                         "bce), so there is no confusion matrix to draw")
     metrics = trainer.test(modalities=modalities, write=False)
+    shown = ", ".join(modalities) if modalities else "all modalities"
     if args.json:
         print_json(metrics)
     else:
-        shown = ", ".join(modalities) if modalities else "all modalities"
         print_metrics(metrics, f"test metrics of {run} ({shown}):")
+    if figure_path is not None:
+        from mtmm_core.evaluation import classification_labels
+        from mtmm_core.confusion import confusion_matrices, plot_confusion
+
+        labels = classification_labels(trainer.model, trainer.dataset.splits["test"], trainer.device,
+                                       trainer.settings.eval_batch_size, modalities)
+        plot_confusion(confusion_matrices(labels), figure_path,
+                       title=f"confusion matrices of {run} on the test split ({shown})")
+        # with --json, stdout holds the JSON alone
+        print(f"confusion matrices: {figure_path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -53,6 +73,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluating.add_argument("--modalities", help="comma-separated subset of modalities, e.g. image")
     evaluating.add_argument("--data", help="evaluate on another registered data set or data folder")
     evaluating.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluating.add_argument("--plot", nargs="?", const="", metavar="PNG",
+                            help="also draw a confusion matrix per classification task on the test split "
+                                 "(default RUN_DIR/confusion.png)")
     evaluating.set_defaults(run=cmd_evaluate)
 
     predicting = commands.add_parser("predict", help="predictions of a trained run for every sample (.npz)")
@@ -62,7 +85,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predicting.add_argument("--modalities", help="comma-separated subset of modalities")
     predicting.set_defaults(run=cmd_predict)
 
-    plotting = commands.add_parser("plot", help="PNG of per-task losses, validation metrics and task weights")
+    plotting = commands.add_parser("plot", help="PNG of each task's train and validation losses and validation "
+                                                 "metrics, the total loss and the task weights, best epoch marked")
     plotting.add_argument("run_dir")
-    plotting.add_argument("--out", help="PNG path (default RUN_DIR/training.png)")
+    plotting.add_argument("--out", help="image path, its format from the suffix (default RUN_DIR/training.png)")
     plotting.set_defaults(run=cmd_plot)
