@@ -1,5 +1,5 @@
-"""Run configs: a YAML file with ``data``, ``model`` and ``train`` sections (and an optional ``transfer``
-section, see :mod:`mtmm_core.transfer`), plus ``--set key=value`` overrides.
+"""Run configs: a YAML file with ``data``, ``model`` and ``train`` sections (and optional ``transfer`` and
+``tune`` sections, see :mod:`mtmm_core.transfer` and :mod:`mtmm_core.tune`), plus ``--set key=value`` overrides.
 
 ``extends: NAME`` merges a config over another (a file beside it, or a shipped config by name):
 mappings merge key by key, except that a mapping with a ``name`` (a component) replaces the
@@ -30,7 +30,7 @@ from mtmm_core.transfer import transfer_settings
 # configs/ folder in a clone (an editable install maps the package there).
 _PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 CONFIG_DIR = _PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parents[1] / "configs"
-SECTIONS = ("data", "model", "train", "transfer")
+SECTIONS = ("data", "model", "train", "transfer", "tune")
 MAX_SEED = 2**32 - 1  # NumPy's limit
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 VALID_DEVICES = "auto, cpu, cuda, cuda:N (a GPU index), mps"
@@ -239,6 +239,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     config["train"] = asdict(settings)
     if "transfer" in config:  # optional: runs without it keep configs of three sections
         config["transfer"] = asdict(transfer_settings(config["transfer"]))
+    if "tune" in config:  # optional: mtmm tune's search (docs/tune.md); checked against the rest of the config
+        from mtmm_core.tune import tune_settings
+
+        config["tune"] = tune_settings(config["tune"], config)
     return config
 
 

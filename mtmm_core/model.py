@@ -28,7 +28,7 @@ def batch_size_of(x: Any) -> int:
     if isinstance(x, torch.Tensor):
         if x.dim() == 0:
             raise ValueError("expected a batch with a leading batch dimension, got a scalar tensor")
-        return x.shape[0]
+        return int(x.shape[0])  # a plain int, also under torch.jit.trace (where a size is traced)
     if isinstance(x, Mapping):
         sizes = {key: batch_size_of(value) for key, value in x.items()}
         if len(set(sizes.values())) != 1:

@@ -17,17 +17,26 @@ from mtmm_core.model import MultimodalMultitaskModel
 from mtmm_core.spec import build_model
 
 
+#: The files a run's weights are read from, in order of preference: a training run's checkpoints, then the
+#: weights of a folder written by ``mtmm export --format safetensors`` (docs/export.md).
+WEIGHT_FILES = ("best.pt", "last.pt", "model.safetensors")
+
+
 def run_weights(run_dir: str | Path) -> Path:
-    """The checkpoint to evaluate a run with: ``best.pt``, else ``last.pt``; a UsageError when there is neither."""
+    """The weights to evaluate a run with: ``best.pt``, else ``last.pt``, else ``model.safetensors`` (an
+    exported folder); a UsageError when there is none."""
     run_dir = Path(run_dir)
-    for name in ("best.pt", "last.pt"):
+    for name in WEIGHT_FILES:
         if (run_dir / name).is_file():
             return run_dir / name
-    raise UsageError(f"{run_dir} holds no checkpoint (best.pt or last.pt): the run did not finish an epoch")
+    raise UsageError(f"{run_dir} holds no checkpoint (best.pt or last.pt) and no model.safetensors: "
+                     "the run did not finish an epoch")
 
 
-def load_trained_model(run_dir: str | Path, device: str = "cpu"):
-    """The run's model (from ``model.yaml``) with its best weights (``best.pt``, else ``last.pt``)."""
+def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """The run's model (from ``model.yaml``) with its best weights (``best.pt``, else ``last.pt``, else the
+    ``model.safetensors`` of an exported folder). Neither format can run code when it is read: checkpoints
+    are loaded with ``weights_only=True``, and a safetensors file holds tensors only."""
     run_dir = Path(run_dir)
     spec = read_run_model_spec(run_dir)
     weights = run_weights(run_dir)
@@ -35,6 +44,9 @@ def load_trained_model(run_dir: str | Path, device: str = "cpu"):
         model = build_model(spec).to(device)
     except SpecError as error:
         raise SpecError(str(run_dir / "model.yaml"), str(error)) from error
+    if weights.suffix == ".safetensors":
+        _load_safetensors(model, weights, device)
+        return model.eval()
     state = load_checkpoint(weights, device)
     try:
         model.load_state_dict(state["model"])
@@ -42,6 +54,23 @@ def load_trained_model(run_dir: str | Path, device: str = "cpu"):
         reason = " ".join(str(error).split())
         raise UsageError(f"{weights} does not fit the model of {run_dir / 'model.yaml'}: {reason[:300]}") from error
     return model.eval()
+
+
+def _load_safetensors(model: MultimodalMultitaskModel, weights: Path, device: str | torch.device) -> None:
+    """Load ``weights`` (written by ``safetensors.torch.save_model``) into ``model``: every tensor must fit."""
+    try:
+        import safetensors
+        from safetensors.torch import load_model
+    except ImportError as error:
+        raise UsageError(f"{weights} needs the safetensors package to be read: pip install 'mtmm[export]'") from error
+    try:
+        load_model(model, weights, strict=True, device=str(torch.device(device)))
+    except safetensors.SafetensorError as error:
+        raise UsageError(f"{weights} is not a valid safetensors file: {error}") from error
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        reason = " ".join(str(error).split())
+        raise UsageError(f"{weights} does not fit the model of {weights.parent / 'model.yaml'}: "
+                         f"{reason[:300]}") from error
 
 
 @torch.no_grad()

@@ -19,8 +19,9 @@ BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} eta {remainin
 MIN_BAR = 10  # columns the bar itself keeps, however narrow the terminal
 
 
-def terminal_width(stream: TextIO = sys.stderr) -> int:
-    """Columns of the terminal ``stream`` writes to; 80 when it is not a terminal."""
+def terminal_width(stream: TextIO | None = None) -> int:
+    """Columns of the terminal ``stream`` (default: stderr) writes to; 80 when it is not a terminal."""
+    stream = stream or sys.stderr
     if not stream.isatty():
         return 80
     return shutil.get_terminal_size((80, 24)).columns
@@ -45,10 +46,10 @@ class EpochProgress:
     (all processes together) and the running mean loss of each task.
     """
 
-    def __init__(self, enabled: bool, label: str, total: int, done: int = 0, stream: TextIO = sys.stderr):
+    def __init__(self, enabled: bool, label: str, total: int, done: int = 0, stream: TextIO | None = None):
         global _hinted
         self.bar = None
-        self.stream = stream
+        self.stream = stream = stream or sys.stderr
         if not (enabled and stream.isatty()):
             return
         tqdm = _tqdm_class()

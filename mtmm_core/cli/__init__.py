@@ -1,7 +1,7 @@
 """The ``mtmm`` command: one module per group of subcommands, each adding its own parsers.
 
 ``components`` (list, plugins, describe, check-plugin), ``train``, ``runs`` (evaluate, predict,
-plot) and ``data`` (data check). :func:`main` maps mtmm's errors to one ``mtmm: error:`` line
+plot), ``data`` (data check) and ``tune``. :func:`main` maps mtmm's errors to one ``mtmm: error:`` line
 and an exit status.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from mtmm_core.cli import components, data, runs, train
+from mtmm_core.cli import components, data, export, runs, train, tune
 from mtmm_core.errors import MtmmError, NonFiniteError, RunError, UsageError
 
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mtmm`` command."""
     parser = argparse.ArgumentParser(prog="mtmm", description="Multimodal, multitask learning from registry names.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (components, train, runs, data):
+    for group in (components, train, runs, data, tune, export):
         group.add_commands(commands)
     return parser
 

@@ -11,41 +11,40 @@ from mtmm_core.errors import UsageError
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtmm_core.api import load_run
     from mtmm_core.config import read_run_config
-    from mtmm_core.evaluation import classification_tasks, select_modalities
-    from mtmm_core.trainer import Trainer
+    from mtmm_core.data import load_dataset
+    from mtmm_core.evaluation import classification_tasks, evaluate, select_modalities
+    from mtmm_core.trainer import choose_device
 
-    run = Path(args.run_dir)
-    config = read_run_config(run)
-    if not (run / "last.pt").is_file():
-        raise UsageError(f"{run} holds no checkpoint (last.pt): the run did not finish an epoch")
+    run_dir = Path(args.run_dir)
+    settings = read_run_config(run_dir)["train"]
     figure_path = None
     if args.plot is not None:
         from mtmm_core.plot import output_path, pyplot
 
         pyplot()  # without matplotlib, say so before the data loads
-        figure_path = output_path(args.plot, run, default="confusion.png", flag="--plot")
-    if args.data:
-        config["data"] = {"name": args.data}
-    trainer = Trainer(config, run, resume=True, read_only=True)
-    modalities = select_modalities(args.modalities, trainer.model.modalities)
-    if figure_path is not None and not classification_tasks(trainer.model):
-        raise UsageError(f"--plot: {run} has no classification task (a head with loss_kind cross_entropy or "
+        figure_path = output_path(args.plot, run_dir, default="confusion.png", flag="--plot")
+    run = load_run(run_dir, device=choose_device(settings["device"]))  # best.pt, last.pt or model.safetensors
+    modalities = select_modalities(args.modalities, run.model.modalities)
+    if figure_path is not None and not classification_tasks(run.model):
+        raise UsageError(f"--plot: {run_dir} has no classification task (a head with loss_kind cross_entropy or "
                          "bce), so there is no confusion matrix to draw")
-    metrics = trainer.test(modalities=modalities, write=False)
+    test = load_dataset({"name": args.data} if args.data else run.config["data"]).splits["test"]
+    device = next(run.model.parameters()).device
+    metrics = evaluate(run.model, test, device, settings["eval_batch_size"], modalities)
     shown = ", ".join(modalities) if modalities else "all modalities"
     if args.json:
         print_json(metrics)
     else:
-        print_metrics(metrics, f"test metrics of {run} ({shown}):")
+        print_metrics(metrics, f"test metrics of {run_dir} ({shown}):")
     if figure_path is not None:
-        from mtmm_core.evaluation import classification_labels
         from mtmm_core.confusion import confusion_matrices, plot_confusion
+        from mtmm_core.evaluation import classification_labels
 
-        labels = classification_labels(trainer.model, trainer.dataset.splits["test"], trainer.device,
-                                       trainer.settings.eval_batch_size, modalities)
+        labels = classification_labels(run.model, test, device, settings["eval_batch_size"], modalities)
         plot_confusion(confusion_matrices(labels), figure_path,
-                       title=f"confusion matrices of {run} on the test split ({shown})")
+                       title=f"confusion matrices of {run_dir} on the test split ({shown})")
         # with --json, stdout holds the JSON alone
         print(f"confusion matrices: {figure_path}", file=sys.stderr if args.json else sys.stdout)
     return 0
