@@ -29,7 +29,7 @@ safetensors = pytest.importorskip("safetensors")
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 
-from mtmm_core import export as export_module  # noqa: E402  (after the skips: it is tested with its extras)
+from mtmm_core.export import traced as export_module  # noqa: E402  (after the skips: it is tested with its extras)
 from mtmm_core.export import export_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
