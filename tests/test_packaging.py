@@ -57,3 +57,17 @@ def test_the_wheel_ships_the_configs_and_extends_resolves_a_shipped_name(install
     """)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
     assert int(done.stdout.split()[1]) == len(list((ROOT / "configs").glob("*.yaml")))
+
+
+def test_every_python_package_of_the_tree_is_in_the_wheel_list():
+    """pyproject lists its packages by hand (mtmm_kernels maps to kernels/): a new subpackage left out of
+    the list would be missing from the wheel, so every folder with an __init__.py must be listed."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(root).parts) for top in ("mtmm_core", "mtmm_plugins")
+             for init in (root / top).rglob("__init__.py")}
+    found |= {"mtmm_kernels" + "".join("." + part for part in init.parent.relative_to(root / "kernels").parts)
+              for init in (root / "kernels").rglob("__init__.py")}
+    assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"

@@ -331,4 +331,4 @@ def test_describe_reports_parameters_and_provenance(make_distribution):
     assert info["distribution"] == "acme-encoders" and info["description"] == "a test encoder"
     parameters = {p["name"]: p for p in info["parameters"]}
     assert parameters["factor"] == {"name": "factor", "type": "float", "default": 2.0, "required": False,
-                                    "set_by_mtmm": False}
+                                    "set_by_mtmm": False, "default_from": None}
