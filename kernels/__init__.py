@@ -1,6 +1,8 @@
 """Fused kernels for mtmm (import name ``mtmm_kernels``), with PyTorch fallbacks.
 
 Importing this package never imports triton; the Triton kernels load on first use.
+It registers the PyTorch operators ``mtmm::cross_modal_attention`` and ``mtmm::multitask_loss``
+(and the Triton launches behind them, see ``_ops.py``), so ``torch.compile`` traces through both.
 """
 
 from __future__ import annotations

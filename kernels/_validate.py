@@ -3,13 +3,50 @@
 Every check raises ``ValueError`` naming the argument and saying what was
 expected, so a caller sees e.g. ``k must have shape [B=2, H=4, Lk, D=64] ...``
 instead of an error from deep inside a kernel.
+
+Checks of shapes, dtypes and devices are free. A check that reads tensor *values*
+(``key_lengths`` in ``[0, Lk]``; the labels of the multitask loss) is a device sync on a
+GPU and a graph break under ``torch.compile``: those run only while
+:func:`value_checks_enabled` is true. They are on by default, so a direct call gets a
+clear error; mtmm's trainer turns them off for its steps (``value_checks(False)``) after
+its batch loader has checked the batch's values on the host, and they are off while
+``torch.compile`` traces.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
+
+_value_checks_on = True  # process-wide; see value_checks()
+
+
+def value_checks_enabled() -> bool:
+    """True when checks that read tensor values on the host (a device sync each) should run.
+
+    On by default; off inside ``with value_checks(False):`` and while ``torch.compile`` traces.
+    mtmm_core, mtmm_plugins and plugin components ask this before any such check.
+    """
+    return not torch.compiler.is_compiling() and _value_checks_on
+
+
+@contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Turn the value checks on or off for the block (process-wide; the previous setting returns after it).
+
+    ``with value_checks(False):`` is for code whose inputs were already checked where they entered
+    (mtmm's trainer checks each batch on the host before copying it to the device), so that the
+    device never waits for the host in between.
+    """
+    global _value_checks_on
+    previous, _value_checks_on = _value_checks_on, bool(enabled)
+    try:
+        yield
+    finally:
+        _value_checks_on = previous
 
 #: Dtypes accepted by the public function (the Triton backend drops float64).
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -51,7 +88,7 @@ def validate_attention_args(
 
     ``key_lengths`` given as a list/tuple of ints is converted to a tensor on ``q``'s
     device. Checking that lengths lie in ``[0, Lk]`` reads them on the host (one
-    device sync on CUDA).
+    device sync on CUDA), so it runs only while :func:`value_checks_enabled`.
     """
     _check_4d("q", q, "[B, H, Lq, D]")
     B, H, _, D = q.shape
@@ -88,7 +125,7 @@ def validate_attention_args(
             raise ValueError(f"key_lengths must have shape [B={B}], got {tuple(key_lengths.shape)}")
         if key_lengths.device != q.device:
             raise ValueError(f"key_lengths must be on the device of q ({q.device}), got {key_lengths.device}")
-        if B > 0 and bool(((key_lengths < 0) | (key_lengths > Lk)).any()):
+        if B > 0 and value_checks_enabled() and bool(((key_lengths < 0) | (key_lengths > Lk)).any()):
             lo, hi = int(key_lengths.min()), int(key_lengths.max())
             raise ValueError(f"key_lengths must lie in [0, Lk={Lk}], got values in [{lo}, {hi}]")
 

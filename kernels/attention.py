@@ -4,15 +4,19 @@
 the PyTorch fallback otherwise; the environment variable ``MTMM_KERNEL_BACKEND``
 ("auto", "triton" or "torch") overrides "auto". Triton is imported only when the
 Triton backend is actually used, so ``import mtmm_kernels`` works without it.
+
+The backend choice and the launch happen inside the operator ``mtmm::cross_modal_attention``
+(:mod:`mtmm_kernels._ops`), so ``torch.compile(fullgraph=True)`` traces through a call:
+the choice is then made once, at trace time.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._backend import choose_backend, triton_available, triton_interpreting
+from . import _ops
+from ._backend import BACKENDS, choose_backend, triton_available, triton_interpreting
 from ._validate import AttentionArgs, validate_attention_args
-from .attention_torch import attention_torch
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_MAX_HEAD_DIM = 128
@@ -67,8 +71,8 @@ def cross_modal_attention(
             unknown backend, or ``backend="triton"`` where the kernel cannot run.
     """
     a = validate_attention_args(q, k, v, key_lengths, key_padding_mask, scale)
-    if resolve_backend(backend, a) == "triton":
-        from .attention_triton import attention_triton  # lazy: imports triton
-
-        return attention_triton(a.q, a.k, a.v, a.key_lengths, a.key_padding_mask, a.scale)
-    return attention_torch(a.q, a.k, a.v, a.key_lengths, a.key_padding_mask, a.scale)
+    if not isinstance(backend, str):  # the operator takes a string; say what choose_backend would say
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if torch.jit.is_tracing():  # torch.jit.trace / ONNX export record the ATen ops, not an mtmm operator
+        return _ops.cross_modal_attention_impl(a.q, a.k, a.v, a.key_lengths, a.key_padding_mask, a.scale, backend)
+    return torch.ops.mtmm.cross_modal_attention(a.q, a.k, a.v, a.key_lengths, a.key_padding_mask, a.scale, backend)

@@ -2,8 +2,10 @@
 
 Runs on any device and dtype torch supports. The mask is ``[B, 1, 1, Lk]`` with
 0 for keys to attend and -inf for the others; samples without any valid key get a
-zero bias (finite softmax) and their output is multiplied by 0, so both the output
-and the gradients are 0 for them, never NaN.
+zero bias (finite softmax) and their output is replaced by 0 (``torch.where``), so both
+the output and the gradients are 0 for them, never NaN. No host synchronisation and no
+data-dependent branch: the same code runs whether or not a sample lacks keys (a
+graph-break-free path for ``torch.compile``).
 """
 
 from __future__ import annotations
@@ -28,11 +30,7 @@ def attention_torch(
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     has_key = mask.any(dim=1)  # [B]
-    # Checking on the host is free on CPU; on a GPU it would sync, so there the fix-up always runs.
-    every_sample_has_key = not has_key.is_cuda and bool(has_key.all())
-    attend = mask if every_sample_has_key else mask | ~has_key[:, None]  # keyless samples attend to all, zeroed below
+    attend = mask | ~has_key[:, None]  # keyless samples attend to all keys (a finite softmax), zeroed below
     bias = torch.zeros(attend.shape, dtype=q.dtype, device=q.device).masked_fill_(~attend, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=rearrange(bias, "b k -> b 1 1 k"), scale=scale)
-    if every_sample_has_key:
-        return out
-    return out * rearrange(has_key, "b -> b 1 1 1").to(out.dtype)
+    return torch.where(rearrange(has_key, "b -> b 1 1 1"), out, 0.0)

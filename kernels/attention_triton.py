@@ -23,6 +23,7 @@ log-sum-exp is ``m + log2(l)`` (``-inf`` for a sample without valid keys).
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 import triton
@@ -39,24 +40,118 @@ INTERPRETED = triton_interpreting()
 # ----------------------------------------------------------------------------- autotuning
 
 
+#: Compute capability (major * 10 + minor) that configs are pruned for when the tensors are not on a GPU:
+#: benchmarks/aot_check.py sets it to build, on a machine without one, what a given GPU would run.
+AOT_CAPABILITY: int | None = None
+
+#: Head dims (BLOCK_D) a candidate is kept for.
+_ALL, _UPTO64, _UPTO32 = (16, 32, 64, 128), (16, 32, 64), (16, 32)
+
+#: Autotune candidates ``(BLOCK_M, BLOCK_N, num_warps, num_stages, BLOCK_D values)`` per kernel,
+#: architecture family and operand class, chosen with benchmarks/aot_check.py: none spills or
+#: exceeds the per-block shared memory at the head dims it is kept for, and none sits at the
+#: 255-register ceiling there (docs/kernels.md, "Checking the kernels without a GPU").
+#: "sm90" (Hopper and later) keeps BLOCK_M >= 64 (backward: BLOCK_N >= 64 too, the dK/dV dots
+#: have BLOCK_N rows) so that the dots are warpgroup MMAs (wgmma: a warpgroup of 4 warps per 64
+#: rows); the exception is TF32 backward at D = 128, where no such tile fits in registers.
+#: "tf32": float32 operands with TF32 allowed, twice the registers and shared memory of 16-bit
+#: ones per tile. "ieee": float32 without TF32: CUDA-core FMA dots, small tiles only.
+_TABLE = {
+    ("fwd", "sm90", "16bit"): [(64, 64, 4, 3, _ALL), (64, 128, 4, 3, _UPTO64), (64, 128, 8, 3, _UPTO64),
+                               (128, 64, 8, 3, _ALL), (128, 128, 8, 2, _UPTO64), (128, 32, 8, 3, _ALL)],
+    ("fwd", "sm80", "16bit"): [(16, 32, 4, 2, _ALL), (32, 64, 4, 3, _ALL), (64, 32, 4, 3, _ALL),
+                               (64, 64, 4, 3, _UPTO64), (64, 128, 8, 3, _ALL), (128, 64, 8, 3, _UPTO64),
+                               (128, 128, 8, 2, _UPTO64), (128, 32, 8, 3, _ALL)],
+    ("bwd", "sm90", "16bit"): [(64, 64, 4, 2, _UPTO64), (64, 64, 8, 2, _ALL), (64, 128, 8, 2, _UPTO32)],
+    ("bwd", "sm80", "16bit"): [(16, 32, 4, 2, _ALL), (32, 32, 4, 2, _ALL), (32, 64, 4, 2, _UPTO64),
+                               (64, 32, 4, 2, _ALL), (64, 64, 4, 2, _UPTO32), (64, 64, 8, 2, _UPTO32)],
+    ("fwd", "sm90", "tf32"): [(64, 32, 4, 2, _ALL), (64, 32, 4, 3, _ALL), (64, 64, 4, 2, _UPTO64),
+                              (64, 64, 8, 2, _ALL), (128, 32, 8, 2, _ALL)],
+    ("fwd", "sm80", "tf32"): [(16, 32, 4, 2, _ALL), (32, 32, 4, 2, _ALL), (64, 32, 4, 2, _UPTO64),
+                              (64, 64, 8, 2, _UPTO64), (128, 32, 8, 2, _UPTO64)],
+    ("bwd", "sm90", "tf32"): [(16, 32, 4, 2, (128,)), (32, 32, 4, 2, (128,)), (64, 64, 4, 2, _UPTO64),
+                              (64, 64, 8, 2, _UPTO64)],
+    ("bwd", "sm80", "tf32"): [(16, 32, 4, 2, _ALL), (32, 32, 4, 1, _ALL), (64, 64, 8, 1, _UPTO32)],
+    ("fwd", "sm90", "ieee"): [(16, 16, 4, 1, (128,)), (16, 32, 4, 1, _UPTO64), (16, 64, 4, 1, _UPTO64),
+                              (32, 32, 8, 1, _UPTO64), (64, 32, 8, 1, _UPTO64)],
+    ("fwd", "sm80", "ieee"): [(16, 32, 4, 1, _ALL), (16, 64, 4, 1, _UPTO64), (32, 32, 8, 1, _ALL)],
+    ("bwd", "sm90", "ieee"): [(16, 32, 8, 1, _ALL), (32, 32, 8, 1, _UPTO64)],
+    ("bwd", "sm80", "ieee"): [(16, 32, 4, 1, _ALL), (32, 32, 8, 1, _ALL), (64, 32, 8, 1, _UPTO64)],
+}
+
+#: The one config under the interpreter (no benchmarking there).
+_INTERPRETER_CONFIG = (32, 32, 4, 1)
+
+
+def _config(m: int, n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+
+
 def _configs(backward: bool) -> list[triton.Config]:
-    """Candidate block sizes; a single one under the interpreter (no benchmarking there)."""
+    """Every candidate of a kernel, for every target (pruned per launch by :func:`_pruner`)."""
     if INTERPRETED:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    if backward:
-        shapes = [(32, 32, 4, 2), (32, 64, 4, 2), (64, 64, 4, 2), (64, 64, 8, 3), (64, 128, 8, 2), (128, 64, 8, 2),
-                  (16, 32, 4, 2)]
-    else:
-        shapes = [(16, 32, 4, 2), (32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3),
-                  (128, 128, 8, 2), (128, 32, 4, 4)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+        return [_config(*_INTERPRETER_CONFIG)]
+    kernel = "bwd" if backward else "fwd"
+    shapes = dict.fromkeys(row[:4] for (k, _, _), rows in _TABLE.items() if k == kernel for row in rows)
+    return [_config(*shape) for shape in shapes]
 
 
-def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop blocks much larger than the (bucketed) lengths: 128-row tiles for 32 queries waste work."""
-    lq, lk = named_args["LQ_BUCKET"], named_args["LK_BUCKET"]
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, lq) and c.kwargs["BLOCK_N"] <= max(32, lk)]
-    return kept or configs[:1]
+def _capability(t: torch.Tensor) -> int | None:
+    if t.is_cuda:
+        major, minor = torch.cuda.get_device_capability(t.device)
+        return 10 * major + minor
+    return AOT_CAPABILITY
+
+
+def _operand_class(dtype: torch.dtype, precision: str) -> str:
+    if dtype == torch.float32:
+        return "tf32" if precision == "tf32" else "ieee"
+    return "16bit"
+
+
+def _candidates(backward: bool, capability: int, dtype: torch.dtype, precision: str, block_d: int) -> set:
+    family = "sm90" if capability >= 90 else "sm80"
+    rows = _TABLE[("bwd" if backward else "fwd", family, _operand_class(dtype, precision))]
+    return {row[:4] for row in rows if block_d in row[4]}
+
+
+def _shape(c: triton.Config) -> tuple[int, int, int, int]:
+    return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
+
+
+def _pruner(backward: bool):
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        """The configs for this GPU, operand class and head dim (:data:`_TABLE`), then without blocks
+        much larger than the (bucketed) lengths: 128-row tiles for 32 queries waste work."""
+        q = named_args["Q"]
+        capability = _capability(q)
+        if capability is not None and not INTERPRETED:
+            allowed = _candidates(backward, capability, q.dtype, kwargs["PRECISION"], kwargs["BLOCK_D"])
+            configs = [c for c in configs if _shape(c) in allowed]
+        lq, lk = named_args["LQ_BUCKET"], named_args["LK_BUCKET"]
+        # Never below the smallest candidate tile (on sm90 BLOCK_M >= 64 even for 32 queries).
+        lq = max(lq, 16, min(c.kwargs["BLOCK_M"] for c in configs))
+        lk = max(lk, 32, min(c.kwargs["BLOCK_N"] for c in configs))
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk]
+        return kept or configs[:1]
+
+    return prune
+
+
+def _autotune(backward: bool):
+    """``triton.autotune`` over :func:`_configs`. The key holds every argument that changes the compiled
+    code or the best tile (the bucketed lengths, the padded head dim, the masking, the dot precision;
+    Triton adds the tensors' dtypes), never the batch or head count. Results persist across processes
+    in Triton's cache where this Triton has ``cache_results`` (3.2 and later)."""
+    options = {}
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        options["cache_results"] = True
+    return triton.autotune(
+        configs=_configs(backward),
+        key=["LQ_BUCKET", "LK_BUCKET", "BLOCK_D", "HAS_LENGTHS", "HAS_MASK", "PRECISION", "DOT_FP32"],
+        prune_configs_by={"early_config_prune": _pruner(backward)},
+        **options,
+    )
 
 
 def _bucket(n: int) -> int:
@@ -93,11 +188,7 @@ def _sample_kv_len(KV_LEN, b, Lk, HAS_LENGTHS: tl.constexpr):
     return Lk
 
 
-@triton.autotune(
-    configs=_configs(backward=False),
-    key=["LQ_BUCKET", "LK_BUCKET", "BLOCK_D", "HAS_LENGTHS", "HAS_MASK"],
-    prune_configs_by={"early_config_prune": _prune},
-)
+@_autotune(backward=False)
 @triton.jit
 def _attn_fwd(
     Q, K, V, OUT, LSE, KV_LEN, MASK,
@@ -261,11 +352,7 @@ def _bwd_dq_block(
     tl.store(dq_base + out, (dq * sm_scale).to(dq_base.dtype.element_ty), mask=q_mask)
 
 
-@triton.autotune(
-    configs=_configs(backward=True),
-    key=["LQ_BUCKET", "LK_BUCKET", "BLOCK_D", "HAS_LENGTHS", "HAS_MASK"],
-    prune_configs_by={"early_config_prune": _prune},
-)
+@_autotune(backward=True)
 @triton.jit
 def _attn_bwd(
     Q, K, V, DO, DQ, DK, DV, LSE, DELTA, KV_LEN, MASK,
@@ -405,6 +492,18 @@ class _CrossModalAttentionFn(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+def _kernel_masks(key_lengths, key_padding_mask, Lk: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The kernels' ``(kv_len, mask)``: int32 lengths, or a uint8 view of the bool mask with
+    ``kv_len`` one past each sample's last True entry; ``(None, None)`` without masking."""
+    if key_lengths is not None:
+        return key_lengths.to(torch.int32), None
+    if key_padding_mask is not None:
+        positions = torch.arange(1, Lk + 1, device=device, dtype=torch.int32)
+        kv_len = torch.where(key_padding_mask, positions, 0).amax(dim=1).to(torch.int32)
+        return kv_len, key_padding_mask.view(torch.uint8)
+    return None, None
+
+
 def attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -423,15 +522,7 @@ def attention_triton(
             f"backend='triton' cannot run on {q.device}: mtmm_kernels.attention_triton was imported "
             "without TRITON_INTERPRET=1"
         )
-    Lk = k.shape[2]
-    mask = None
-    kv_len = None
-    if key_lengths is not None:
-        kv_len = key_lengths.to(torch.int32)
-    elif key_padding_mask is not None:
-        mask = key_padding_mask.view(torch.uint8)
-        positions = torch.arange(1, Lk + 1, device=q.device, dtype=torch.int32)
-        kv_len = torch.where(key_padding_mask, positions, 0).amax(dim=1).to(torch.int32)
+    kv_len, mask = _kernel_masks(key_lengths, key_padding_mask, k.shape[2], q.device)
     if q.shape[0] == 0 or q.shape[1] == 0 or q.shape[2] == 0:
         return q * 0  # empty: nothing to launch
     return _CrossModalAttentionFn.apply(q, k, v, kv_len, mask, scale)

@@ -5,6 +5,10 @@ and triton imports, the PyTorch fallback otherwise; the environment variable
 ``MTMM_KERNEL_BACKEND`` ("auto", "triton" or "torch") overrides "auto".
 ``backend="triton"`` also runs on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 Triton is imported only when its backend is used.
+
+The backend choice and the launch happen inside the operator ``mtmm::multitask_loss``
+(:mod:`mtmm_kernels._ops`), so ``torch.compile(fullgraph=True)`` traces through a call:
+the choice is then made once, at trace time.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from typing import Sequence
 
 import torch
 
-from ._backend import choose_backend, triton_available, triton_interpreting
-from .multitask_loss_torch import multitask_loss_torch
+from . import _ops
+from ._backend import BACKENDS, choose_backend, triton_available, triton_interpreting
 from .multitask_loss_validate import MultitaskArgs, validate_multitask_args
 
 #: Prediction dtypes the Triton kernel takes (float64 always runs on the PyTorch fallback).
@@ -82,8 +86,10 @@ def multitask_loss(
             unknown backend, or ``backend="triton"`` where the kernel cannot run.
     """
     a = validate_multitask_args(preds, targets, kinds, weights, log_vars, task_masks, ignore_index)
-    if resolve_multitask_backend(backend, a) == "triton":
-        from .multitask_loss_triton import multitask_loss_triton  # lazy: imports triton
-
-        return multitask_loss_triton(a)
-    return multitask_loss_torch(a)
+    if not isinstance(backend, str):  # the operator takes a string; say what choose_backend would say
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    args = (list(a.preds), list(a.targets), list(a.kinds), list(a.masks), a.task_weights, a.log_vars, a.ignore_index,
+            backend)
+    if torch.jit.is_tracing():  # torch.jit.trace / ONNX export record the ATen ops, not an mtmm operator
+        return _ops.multitask_loss_impl(*args)
+    return torch.ops.mtmm.multitask_loss(*args)

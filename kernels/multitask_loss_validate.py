@@ -2,7 +2,10 @@
 
 Every problem raises ``ValueError`` naming the task index (and its kind once known),
 e.g. ``task 2 (cross_entropy): target class 12 at sample 5 is out of range [0, 10)``,
-instead of an error from deep inside a kernel.
+instead of an error from deep inside a kernel. The checks of label values and of finite
+weights read tensors on the host (a device sync on a GPU): they run only while
+:func:`~mtmm_kernels._validate.value_checks_enabled`; :func:`check_label_values` runs the
+label check on any tensors, e.g. a batch's host copy before it goes to the device.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from ._validate import value_checks_enabled
 
 #: Loss kinds the fused multitask loss computes (``contrastive`` stays in mtmm_core.losses).
 KINDS = ("cross_entropy", "bce", "mse", "l1", "huber")
@@ -99,37 +104,47 @@ def _check_task(i: int, kind: object, pred: object, target: object, mask: object
             raise ValueError(f"{where}: task mask is on {mask.device}, expected {device}")
 
 
-def _bad_labels(kind: str, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+def _bad_labels(kind: str, target: torch.Tensor, mask: torch.Tensor | None, num_classes: int | None,
                 ignore_index: int) -> torch.Tensor | None:
-    """Bool ``[B]`` (on the device, no host sync): labelled samples whose target the loss cannot take,
-    a class index outside ``[0, C)`` (cross_entropy) or a probability outside ``[0, 1]`` (bce)."""
+    """Bool ``[B]`` (on the targets' device, no host sync): labelled samples whose target the loss cannot
+    take, a class index outside ``[0, num_classes)`` (cross_entropy; any negative one when ``num_classes`` is
+    None) or a probability outside ``[0, 1]`` (bce); None for the other kinds."""
     if kind == "cross_entropy":
         labelled = target != ignore_index
-        bad = (target < 0) | (target >= pred.shape[1])
+        bad = (target < 0) if num_classes is None else (target < 0) | (target >= num_classes)
     elif kind == "bce":
         labelled = torch.ones(target.shape[:1], dtype=torch.bool, device=target.device)
         outside = (target < 0) | (target > 1)
-        bad = outside if outside.dim() == 1 else outside.any(dim=1)
+        bad = outside if outside.dim() == 1 else outside.flatten(1).any(dim=1)
     else:
         return None
     if mask is not None:
-        labelled = labelled & mask
+        labelled = labelled & mask.to(device=target.device, dtype=torch.bool)
     return labelled & bad
 
 
-def _check_labels(kinds: Sequence[str], targets: Sequence[torch.Tensor], bad: list[torch.Tensor | None],
-                  num_classes: Sequence[int | None], ignore_index: int) -> None:
-    """Raise for the first task with a bad label; reads one flag on the host for all tasks together."""
+def check_label_values(kinds: Sequence[str], targets: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None],
+                       num_classes: Sequence[int | None], ignore_index: int = -100,
+                       names: Sequence[str] | None = None) -> None:
+    """Raise ValueError for the first task with a labelled target its loss cannot take: a class index
+    outside ``[0, num_classes[i])`` (cross_entropy) or a binary target outside ``[0, 1]`` (bce).
+
+    Reads one flag on the host for all tasks together (and more only to describe a bad label). Task
+    ``i`` is named ``names[i]`` when given, else by its index.
+    """
+    bad = [_bad_labels(kind, target, mask, classes, ignore_index)
+           for kind, target, mask, classes in zip(kinds, targets, masks, num_classes)]
     flagged = [(i, b) for i, b in enumerate(bad) if b is not None]
     if not flagged or not bool(torch.stack([b.any() for _, b in flagged]).any()):
         return
     for i, b in flagged:
         if bool(b.any()):
             sample = int(b.nonzero()[0, 0])
-            where = f"task {i} ({kinds[i]})"
+            where = f"task {names[i]!r} ({kinds[i]})" if names is not None else f"task {i} ({kinds[i]})"
             if kinds[i] == "cross_entropy":
+                limit = f"[0, {num_classes[i]})" if num_classes[i] is not None else "[0, C)"
                 raise ValueError(f"{where}: target class {int(targets[i][sample])} at sample {sample} is out of "
-                                 f"range [0, {num_classes[i]}) (ignore_index={ignore_index})")
+                                 f"range {limit} (ignore_index={ignore_index})")
             value = targets[i][sample].flatten()
             shown = float(value[((value < 0) | (value > 1)).nonzero()[0, 0]])
             raise ValueError(f"{where}: target {shown:g} at sample {sample} is outside [0, 1]; binary targets "
@@ -141,7 +156,7 @@ def _task_vector(name: str, value: object, num_tasks: int, device: torch.device,
     tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value, dtype=dtype)
     if tensor.shape != (num_tasks,):
         raise ValueError(f"{name} must have shape [T={num_tasks}] (one value per task), got {list(tensor.shape)}")
-    if finite_only:
+    if finite_only and value_checks_enabled():
         finite = torch.isfinite(tensor.detach())
         if not bool(finite.all()):
             task = int((~finite).nonzero()[0, 0])
@@ -152,8 +167,9 @@ def _task_vector(name: str, value: object, num_tasks: int, device: torch.device,
 def validate_multitask_args(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], kinds: Sequence[str],
                             weights: torch.Tensor | Sequence[float] | None, log_vars: torch.Tensor | None,
                             task_masks: Sequence[torch.Tensor | None] | None, ignore_index: int) -> MultitaskArgs:
-    """Check every task's kind, shapes, dtypes, devices, masks and labels (class indices in range, binary
-    targets in [0, 1]; one host read for all tasks); resolve the weights."""
+    """Check every task's kind, shapes, dtypes, devices and masks, and, while value checks are on, its
+    labels (class indices in range, binary targets in [0, 1]; one host read for all tasks) and finite
+    weights; resolve the weights."""
     num_tasks = _check_lengths(preds, targets, kinds, task_masks)
     masks = tuple(task_masks) if task_masks is not None else (None,) * num_tasks
     if not isinstance(preds[0], torch.Tensor):
@@ -163,9 +179,9 @@ def validate_multitask_args(preds: Sequence[torch.Tensor], targets: Sequence[tor
         raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
     for i in range(num_tasks):
         _check_task(i, kinds[i], preds[i], targets[i], masks[i], device, ignore_index)
-    _check_labels(kinds, targets, [_bad_labels(kinds[i], preds[i], targets[i], masks[i], ignore_index)
-                                   for i in range(num_tasks)],
-                  [p.shape[1] if k == "cross_entropy" else None for p, k in zip(preds, kinds)], ignore_index)
+    if value_checks_enabled():
+        check_label_values(kinds, targets, masks,
+                           [p.shape[1] if k == "cross_entropy" else None for p, k in zip(preds, kinds)], ignore_index)
     loss_dtype = torch.float64 if any(p.dtype == torch.float64 for p in preds) else torch.float32
     if log_vars is not None:
         if not isinstance(log_vars, torch.Tensor):

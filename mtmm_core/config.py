@@ -60,6 +60,8 @@ class TrainSettings:
     progress: bool = True
     collective_timeout: float = 300.0  # seconds a collective may wait for another process before every rank stops
     threads: int = 0  # CPU threads of torch; 0 = OMP_NUM_THREADS if set, else this process's share of its cores
+    log_every: int = 10  # steps between reads of the losses on the host (progress, finiteness check, stop vote)
+    compile: bool = False  # torch.compile the forward pass and the losses of each training step
 
 
 # The ranges train_settings() enforces (README.md, "Train"): key -> (lowest, highest, note); None = unbounded.
@@ -74,6 +76,7 @@ TRAIN_RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "patience": (0, None, " (0 never stops early)"),
     "collective_timeout": (1, None, " (seconds)"),
     "threads": (0, None, " (0 chooses from the cores this process may use)"),
+    "log_every": (1, None, " (steps)"),
 }
 
 

@@ -13,7 +13,9 @@ from mtmm_core import distributed
 from mtmm_core.contracts import Batch
 from mtmm_core.errors import UsageError
 from mtmm_core.metrics import higher_is_better, task_metrics
+from mtmm_core.losses import IGNORE_INDEX
 from mtmm_core.model import MultimodalMultitaskModel
+from mtmm_kernels.multitask_loss_validate import check_label_values
 
 
 def select_modalities(requested: str | Iterable[str] | None, available: Iterable[str],
@@ -53,6 +55,28 @@ def to_device(batch: Batch, device: torch.device, modalities: list[str] | None =
     return Batch(move(keep(batch.inputs)), move(keep(batch.lengths)), move(labelled(batch.targets)),
                  move(keep(batch.present)) if batch.present is not None else None,
                  move(labelled(batch.task_masks)) if batch.task_masks is not None else None)
+
+
+def check_batch(model: MultimodalMultitaskModel, batch: Batch) -> None:
+    """Check a batch's values where it enters: on the loader's tensors (on the host), before the copy to
+    the device. It refuses what the model's value checks would (:meth:`~MultimodalMultitaskModel.check_values`:
+    a sample without a modality, lengths, token ids or categories out of range) and what the fused loss's
+    would (a labelled class index outside ``[0, num_classes)``, a binary target outside ``[0, 1]``), with
+    the same ValueErrors, naming the modality or the task. The trainer then trains on the batch with the
+    value checks off, so its steps never wait for the device (docs: ``mtmm_core.model.value_checks``).
+    """
+    model.check_values(batch.inputs, batch.lengths, batch.present)
+    names, kinds, targets, masks, classes = [], [], [], [], []
+    for task, head in model.heads.items():
+        kind = model.losses[task].fused_kind
+        if kind in ("cross_entropy", "bce") and task in batch.targets:
+            names.append(task)
+            kinds.append(kind)
+            targets.append(batch.targets[task])
+            masks.append((batch.task_masks or {}).get(task))
+            classes.append(getattr(head, "num_classes", None))
+    if kinds:
+        check_label_values(kinds, targets, masks, classes, IGNORE_INDEX, names)
 
 
 @torch.no_grad()

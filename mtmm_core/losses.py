@@ -118,14 +118,21 @@ def huber(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
 def contrastive(logits: torch.Tensor, target: None, mask: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over the masked samples of similarity ``logits`` ``[B, B]`` (pairs on the diagonal).
 
-    ``target`` is unused (None); fewer than two samples in ``mask`` give 0.
+    ``target`` is unused (None); fewer than two samples in ``mask`` give 0. No host sync: the other
+    samples' rows and columns are replaced (never gathered out), so the mean runs over the masked
+    samples' pairs only, whatever the rest holds.
     """
-    index = mask.to(device=logits.device, dtype=torch.bool).nonzero().squeeze(1)
-    if index.numel() < 2:
-        return logits.sum() * 0.0
-    sub = logits[index][:, index].float()
-    labels = torch.arange(index.numel(), device=logits.device)
-    return 0.5 * (F.cross_entropy(sub, labels) + F.cross_entropy(sub.t(), labels))
+    valid = mask.to(device=logits.device, dtype=torch.bool)
+    count = valid.sum()
+    scores = torch.where(valid[:, None] & valid[None, :], logits.float(), float("-inf"))
+
+    def one_direction(rows: torch.Tensor) -> torch.Tensor:  # mean over the masked rows of -log p(own pair)
+        rows = torch.where(valid[:, None], rows, 0.0)  # a row left out: finite, and not counted below
+        own = torch.log_softmax(rows, dim=1).diagonal()
+        return -torch.where(valid, own, 0.0).sum() / count.clamp_min(1)
+
+    value = 0.5 * (one_direction(scores) + one_direction(scores.t()))
+    return torch.where(count >= 2, value, 0.0)
 
 
 #: The built-in losses by name: the fused kernel's kinds, plus ``contrastive``.

@@ -13,6 +13,7 @@ from mtmm_core.contracts import masked_mean
 from mtmm_core.errors import ComponentError, MtmmError
 from mtmm_core.losses import LossInfo, check_loss_value, loss_info
 from mtmm_kernels import multitask_loss
+from mtmm_kernels._validate import value_checks, value_checks_enabled  # noqa: F401  (value_checks: re-exported)
 
 
 class ModelOutput(NamedTuple):
@@ -50,6 +51,11 @@ class MultimodalMultitaskModel(nn.Module):
     names to their batches (any non-empty subset of the model's modalities), ``lengths``
     maps a modality to valid lengths ``[B]``, ``present`` maps a modality to a bool
     ``[B]`` (False = this sample lacks the modality; default all True).
+
+    Checks that read input *values* (every sample has a modality, lengths and class indices in
+    range; each a device sync on a GPU) run only while ``value_checks_enabled()``: on by default,
+    off under ``with value_checks(False):`` (the trainer, once :meth:`check_values` has checked
+    the batch's host copy) and under ``torch.compile``.
     """
 
     def __init__(self, encoders: Mapping[str, nn.Module], fusion: nn.Module, architecture: nn.Module,
@@ -82,7 +88,7 @@ class MultimodalMultitaskModel(nn.Module):
                 present: Mapping[str, torch.Tensor] | None = None) -> ModelOutput:
         """Predictions for every task from any non-empty subset of the modalities."""
         lengths, batch = dict(lengths or {}), self._check_inputs(inputs)
-        present = self._presence(inputs, present, batch)
+        present = self._presence(inputs, present, batch, next(self.parameters()).device)
         if self.training and self.modality_dropout > 0:
             present = self._drop_modalities(present)
 
@@ -216,9 +222,24 @@ class MultimodalMultitaskModel(nn.Module):
             raise ValueError(f"the modalities have different batch sizes (dimension 0): {sizes}")
         return next(iter(sizes.values()))
 
+    def check_values(self, inputs: Mapping[str, Any], lengths: Mapping[str, torch.Tensor] | None = None,
+                     present: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Run the forward pass's value checks on a batch where it is, without the network: every sample
+        has a modality, and each encoder's ``check_values(x, lengths)`` (where it has one: lengths, token
+        ids, categories in range). The trainer calls it on each batch's host copy, before the copy to the
+        device, and trains with the checks off. Raises the ValueError the forward pass would."""
+        batch = self._check_inputs(inputs)
+        flags = next((f for f in (present or {}).values() if isinstance(f, torch.Tensor)), None)
+        with value_checks(True):
+            self._presence(inputs, present, batch, flags.device if flags is not None else torch.device("cpu"))
+            for modality in sorted(inputs):
+                encoder = self.encoders[modality]
+                if hasattr(encoder, "check_values"):
+                    _run_method(encoder, "check_values", "encoder", f"modality {modality!r}", inputs[modality],
+                                (lengths or {}).get(modality))
+
     def _presence(self, inputs: Mapping[str, Any], present: Mapping[str, torch.Tensor] | None,
-                  batch: int) -> dict[str, torch.Tensor]:
-        device = next(self.parameters()).device
+                  batch: int, device: torch.device) -> dict[str, torch.Tensor]:
         result = {}
         for modality in inputs:
             flags = (present or {}).get(modality)
@@ -230,22 +251,27 @@ class MultimodalMultitaskModel(nn.Module):
         unknown = sorted(set(present or {}) - set(inputs))
         if unknown:
             raise ValueError(f"present names modalities that are not in inputs: {', '.join(unknown)}")
-        missing_all = ~torch.stack(list(result.values())).any(dim=0)
-        if bool(missing_all.any()):
-            rows = missing_all.nonzero().squeeze(1).tolist()
-            raise ValueError(f"samples {rows[:10]} have no modality present; every sample needs at least one")
+        if value_checks_enabled():
+            missing_all = ~torch.stack(list(result.values())).any(dim=0)
+            if bool(missing_all.any()):
+                rows = missing_all.nonzero().squeeze(1).tolist()
+                raise ValueError(f"samples {rows[:10]} have no modality present; every sample needs at least one")
         return result
 
     def _drop_modalities(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Modality dropout: hide each present modality with probability p, keeping one per sample."""
+        """Modality dropout: hide each present modality with probability p, keeping one per sample.
+
+        A sample that would lose all its modalities keeps the present one whose draw came closest to
+        keeping it (uniform among its present modalities). No host sync, one draw per step.
+        """
         names = sorted(present)
         stacked = torch.stack([present[m] for m in names], dim=1)  # [B, M]
-        kept = stacked & (torch.rand(stacked.shape, device=stacked.device) >= self.modality_dropout)
+        draws = torch.rand(stacked.shape, device=stacked.device)
+        kept = stacked & (draws >= self.modality_dropout)
         empty = ~kept.any(dim=1)
-        if bool(empty.any()):  # restore one random originally-present modality for those samples
-            scores = torch.rand(stacked.shape, device=stacked.device).masked_fill(~stacked, -1.0)
-            restore = torch.zeros_like(stacked).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
-            kept = kept | (restore & empty[:, None])
+        closest = draws.masked_fill(~stacked, -1.0).argmax(dim=1, keepdim=True)
+        restore = torch.zeros_like(stacked).scatter_(1, closest, True) & stacked
+        kept = kept | (restore & empty[:, None])
         return {m: kept[:, i] for i, m in enumerate(names)}
 
     def _check_task_keys(self, targets: Mapping[str, Any], task_masks: Mapping[str, Any]) -> None:
@@ -306,15 +332,22 @@ def _run(module: nn.Module, kind: str, where: str, *args: Any, **kwargs: Any) ->
     registered name, distribution) and ``where`` (``modality 'audio'``, ``task 'digit'``), the original
     chained. A ValueError (bad input) stays a ValueError; anything else (a bug in the component) becomes
     a :class:`ComponentError`. mtmm's own errors and running out of memory pass unchanged."""
+    return _run_method(module, "__call__", kind, where, *args, **kwargs)
+
+
+def _run_method(module: nn.Module, method: str, kind: str, where: str, *args: Any, **kwargs: Any) -> Any:
+    """``module.<method>(*args, **kwargs)`` with the errors of :func:`_run` (which calls ``__call__``)."""
+    label = f"{where + ': ' if where else ''}{component_label(module, kind)}"
     try:
-        return module(*args, **kwargs)
+        return getattr(module, method)(*args, **kwargs)
     except (MtmmError, torch.OutOfMemoryError):
         raise
     except ValueError as error:
-        raise ValueError(f"{where + ': ' if where else ''}{component_label(module, kind)}: {error}") from error
+        raise ValueError(f"{label}: {error}") from error
     except Exception as error:
-        raise ComponentError(f"{where + ': ' if where else ''}{component_label(module, kind)} failed with "
-                             f"{type(error).__name__}: {error} (the chained exception has its traceback)") from error
+        called = "" if method == "__call__" else f".{method}"
+        raise ComponentError(f"{label}{called} failed with {type(error).__name__}: {error} (the chained exception "
+                             "has its traceback)") from error
 
 
 def _head_loss(task: str, head: nn.Module) -> LossInfo:

@@ -43,7 +43,8 @@ class EpochProgress:
 
     Shown on a terminal when tqdm is installed (otherwise a one-time hint to install it); a no-op
     when ``enabled`` is false or stderr is not a terminal. ``update`` takes the samples of the step
-    (all processes together) and the running mean loss of each task.
+    (all processes together) and the running mean loss of each task, or None to keep the losses shown
+    (the trainer reads them from the device only every ``train.log_every`` steps).
     """
 
     def __init__(self, enabled: bool, label: str, total: int, done: int = 0, stream: TextIO | None = None):
@@ -61,13 +62,19 @@ class EpochProgress:
         self.started, self.first = time.perf_counter(), done
         self.bar = tqdm(total=total, initial=done, desc=label, unit=" samples", dynamic_ncols=True,
                         leave=False, file=stream, bar_format=BAR_FORMAT, mininterval=0.2)
+        self.losses: dict[str, float] = {}
 
-    def update(self, samples: int, losses: dict[str, float]) -> None:
+    def update(self, samples: int, losses: dict[str, float] | None = None) -> None:
         if self.bar is None:
             return
         self.bar.update(samples)
+        self.losses = self.losses if losses is None else losses
+        losses = self.losses
         seconds = max(time.perf_counter() - self.started, 1e-9)
         rate = f"{(self.bar.n - self.first) / seconds:.0f} samples/s"
+        if not losses:
+            self.bar.set_postfix_str(rate, refresh=False)
+            return
         total = f"loss {sum(losses.values()):.3f}"
         per_task = " (" + " ".join(f"{task} {value:.3f}" for task, value in losses.items()) + ")"
         fixed = len(self.bar.desc) + len(" 100%||") + 2 * len(str(self.bar.total)) + len(" / eta 00:00, ")

@@ -7,6 +7,12 @@ and an epoch's log line and checkpoints become visible together (:mod:`mtmm_core
 Ctrl-C or SIGTERM stops after the current step with a checkpoint that resumes exactly
 (:mod:`mtmm_core.interrupts`). A config's ``transfer`` section starts from another run's
 weights and freezes modules (:mod:`mtmm_core.transfer`).
+
+A training step never waits for the device: each batch's values are checked on the host as it
+is loaded (:func:`~mtmm_core.evaluation.check_batch`), the step runs with the model's value
+checks off (``value_checks(False)``), and the per-task loss sums and present-counts accumulate
+on the device. They are read back every ``train.log_every`` steps and at the end of the epoch
+(the progress bar, the check for a non-finite loss, and under torchrun the stop vote).
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from mtmm_core.config import ConfigWarning, TrainSettings
 from mtmm_core.data import complete_model_spec, load_dataset
 from mtmm_core.data_fit import require_model_fit
 from mtmm_core.errors import RunError, UsageError
-from mtmm_core.evaluation import evaluate, is_better, to_device
+from mtmm_core.contracts import Batch
+from mtmm_core.evaluation import check_batch, evaluate, is_better, to_device
 from mtmm_core.interrupts import StopSignals, TrainingInterrupted
+from mtmm_core.model import ModelOutput, MultimodalMultitaskModel, value_checks
 from mtmm_core.progress import EpochProgress, epoch_summary, run_header, terminal_width
 from mtmm_core.run_folder import RunFolder
 from mtmm_core.spec import build_model
@@ -84,6 +92,12 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def forward_and_losses(model: MultimodalMultitaskModel, batch: Batch) -> tuple[ModelOutput, torch.Tensor]:
+    """The model's output on ``batch`` and its per-task losses ``[T]``: what ``train.compile`` compiles."""
+    output = model(batch.inputs, batch.lengths, batch.present)
+    return output, model.task_losses(output, batch.targets, batch.task_masks)
 
 
 def tensorboard_writer_class() -> Any:
@@ -153,9 +167,16 @@ class Trainer:
         self.best_epoch: int | None = None
         self._epoch_started = time.perf_counter()
         self._tensorboard: Any = None  # created on the first epoch's log, False when unavailable
-        self.epoch_loss_sums = torch.zeros(len(self.model.tasks), dtype=torch.float64)
-        self.epoch_present_counts = torch.zeros(len(self.model.tasks), dtype=torch.float64)
-        self.epoch_regularization_sum = 0.0  # of the architecture's regularization(), when it has one
+        # The epoch's per-task loss sums and present-counts stay on the device (float64 where it has it),
+        # updated by every step and read every train.log_every steps; last.pt holds a CPU copy.
+        self._sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self.epoch_loss_sums = torch.zeros(len(self.model.tasks), dtype=self._sum_dtype, device=self.device)
+        self.epoch_present_counts = torch.zeros_like(self.epoch_loss_sums)
+        self.epoch_regularization_sum: float | torch.Tensor = 0.0  # of the architecture's regularization(), if any
+        self._stop_votes = torch.zeros(1, dtype=self._sum_dtype, device=self.device)  # ranks asked to stop (torchrun)
+        self._first_bad = torch.zeros(len(self.model.tasks), dtype=torch.long, device=self.device)  # see _step
+        self._read_at = 0  # the step_in_epoch of the last read of the losses
+        self._forward_and_losses = torch.compile(forward_and_losses) if self.settings.compile else forward_and_losses
         self._open_run_folder(resume, force)
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -221,43 +242,76 @@ class Trainer:
                 print(f"epoch {self.epoch + 1}: unfroze {len(self.frozen)} parameter tensors under "
                       f"{', '.join(self.transfer.freeze)}", file=sys.stderr)
         self.model.train()
+        self._read_at = self.step_in_epoch
+        self._first_bad.zero_()
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             global_rows = order[step * settings.batch_size:(step + 1) * settings.batch_size].numpy()
             rows = global_rows[self.context.rank::self.context.world_size]  # this rank's share
-            batch = to_device(split.batch(rows), self.device, tasks=self.model.tasks)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                output = self.model(batch.inputs, batch.lengths, batch.present)
-                losses = self._global_mean(self.model.task_losses(output, batch.targets, batch.task_masks))
-            present, stop_votes = self._vote(self.model.labelled_tasks(output, batch.targets, batch.task_masks))
-            host = torch.cat([losses.detach().double(), present.double(), stop_votes]).cpu()  # the step's one host copy
-            tasks = len(self.model.tasks)
-            values, flags, stop_voted = host[:tasks], host[tasks:2 * tasks], bool(host[2 * tasks:].sum() > 0)
-            self._check_finite(values.where(flags.bool(), 0.0))  # an absent task's loss takes no part
-            regularization = self.model.regularization()
-            self.optimizer.zero_grad(set_to_none=True)
-            self._backward(losses, output, regularization, present)
-            distributed.average_gradients(self.model.parameters(), self.context)
-            if settings.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            if hasattr(self.model.weighting, "after_step"):  # e.g. FAMO: the losses after the update
-                with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                     enabled=self.device.type == "cuda"):
-                    after = self.model(batch.inputs, batch.lengths, batch.present)
-                    after_losses = self._global_mean(self.model.task_losses(after, batch.targets, batch.task_masks))
-                    call_with_present(self.model.weighting.after_step, after_losses, present)
-            self.epoch_loss_sums += values * flags  # each task's mean runs over the steps where it had labels
-            self.epoch_present_counts += flags
-            if regularization is not None:
-                self.epoch_regularization_sum += regularization.detach()  # stays on the device until the epoch ends
+            batch = self._load_batch(split, rows)
+            with value_checks(False):  # the batch was checked on the host: the step reads nothing back
+                self._step(batch)
             self.step_in_epoch = step + 1
-            means = self._epoch_means().tolist()
-            progress.update(len(global_rows), dict(zip(self.model.tasks, means)))
-            if stop_voted if self.context.active else self.signals.received is not None:
+            stopping = not self.context.active and self.signals.received is not None  # one process: at once
+            if stopping or self.step_in_epoch % settings.log_every == 0 or self.step_in_epoch == self.steps_per_epoch:
+                means, stop_voted = self._read_losses()
+                progress.update(len(global_rows), dict(zip(self.model.tasks, means)))
+                stopping = stopping or stop_voted
+            else:
+                progress.update(len(global_rows))
+            if stopping:
                 progress.close()
                 self._stop_at_boundary(save=True)
         progress.close()
+
+    def _load_batch(self, split: Any, rows: Any) -> Batch:
+        """The training batch of ``rows``: its values checked on the host (:func:`check_batch`), then copied
+        to the device without waiting (``non_blocking``)."""
+        batch = split.batch(rows)
+        check_batch(self.model, batch)
+        return to_device(batch, self.device, tasks=self.model.tasks)
+
+    def _step(self, batch: Batch) -> None:
+        """One optimisation step on a checked batch: forward, losses, backward, optimiser, the weighting's
+        after-step. No host synchronisation (tests/test_sync_free.py): the losses and present-counts are
+        added to the epoch's sums on the device, and the stop vote (torchrun) stays there until read."""
+        settings = self.settings
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            output, losses = self._forward_and_losses(self.model, batch)
+            losses = self._global_mean(losses)
+        present = self._vote(self.model.labelled_tasks(output, batch.targets, batch.task_masks))
+        regularization = self.model.regularization()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._backward(losses, output, regularization, present)
+        distributed.average_gradients(self.model.parameters(), self.context)
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if hasattr(self.model.weighting, "after_step"):  # e.g. FAMO: the losses after the update
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                 enabled=self.device.type == "cuda"):
+                _, after_losses = self._forward_and_losses(self.model, batch)
+                call_with_present(self.model.weighting.after_step, self._global_mean(after_losses), present)
+        with torch.no_grad():  # each task's mean runs over the steps where it had labels; masks replace
+            self.epoch_loss_sums += torch.where(present, losses.detach().to(self._sum_dtype), 0.0)
+            self.epoch_present_counts += present.to(self._sum_dtype)
+            # the step at which each task's loss first became NaN or infinite (0: not yet), for the message
+            bad = present & ~torch.isfinite(losses.detach()) & (self._first_bad == 0)
+            self._first_bad.masked_fill_(bad, self.step_in_epoch + 1)
+            if regularization is not None:
+                self.epoch_regularization_sum = self.epoch_regularization_sum + regularization.detach()
+
+    def _read_losses(self) -> tuple[list[float], bool]:
+        """The one host read of a logging interval: each task's mean loss so far this epoch, and whether a
+        rank asked to stop (torchrun; every rank reads at the same steps, so all agree). Raises
+        :class:`NonFiniteLossError` when a task's loss sum is not finite (it became so since the last read)."""
+        tasks = len(self.model.tasks)
+        host = torch.cat([self.epoch_loss_sums, self.epoch_present_counts, self._first_bad.to(self._sum_dtype),
+                          self._stop_votes]).cpu()
+        sums, counts, first_bad = host[:tasks], host[tasks:2 * tasks], host[2 * tasks:3 * tasks]
+        self._check_finite(sums, first_bad)
+        self._read_at = self.step_in_epoch
+        return (sums / counts.clamp_min(1)).tolist(), bool(host[3 * tasks:].sum() > 0)
 
     def _global_mean(self, losses: torch.Tensor) -> torch.Tensor:
         """Losses ``[T]`` whose value is the mean over the ranks and whose gradient is this rank's own.
@@ -270,15 +324,16 @@ class Trainer:
         mean = distributed.sum_across(losses.detach(), self.context) / self.context.world_size
         return losses + (mean - losses.detach())
 
-    def _vote(self, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bool ``[T]``: a task is present in the step when any rank has a labelled sample of it; and the
-        number of ranks asked to stop (float64 ``[1]``; empty ``[0]`` for one process, which reads its own
-        signal flag instead). Both ride in one all-reduce, read with the step's one host copy."""
+    def _vote(self, present: torch.Tensor) -> torch.Tensor:
+        """Bool ``[T]``: a task is present in the step when any rank has a labelled sample of it. Under torchrun
+        the same all-reduce counts the ranks asked to stop (``_stop_votes``, on the device): every rank reads
+        it at the same logging interval, so all stop at the same step boundary. No host sync."""
         if not self.context.active:
-            return present, present.new_zeros(0, dtype=torch.float64)
-        asked = torch.tensor([float(self.signals.received is not None)], device=present.device)
+            return present
+        asked = present.new_full((1,), float(self.signals.received is not None), dtype=torch.float32)
         votes = distributed.sum_across(torch.cat([present.float(), asked]), self.context)
-        return votes[:-1] > 0, votes[-1:].double()
+        self._stop_votes = votes[-1:].to(self._sum_dtype)
+        return votes[:-1] > 0
 
     def _stop_at_boundary(self, save: bool) -> None:
         """Save ``last.pt`` at this step boundary (unless the epoch's commit just did) and raise
@@ -300,7 +355,7 @@ class Trainer:
         return f"mtmm train{processes} --resume {self.out_dir}"
 
     def _epoch_means(self) -> torch.Tensor:
-        """Each task's mean training loss ``[T]`` (float64) over the steps of this epoch where it was present."""
+        """Each task's mean training loss ``[T]`` (on the device) over the steps of this epoch where it was present."""
         return self.epoch_loss_sums / self.epoch_present_counts.clamp_min(1)
 
     def _backward(self, losses: torch.Tensor, output: Any, regularization: torch.Tensor | None = None,
@@ -321,21 +376,31 @@ class Trainer:
                 total = total + regularization
             total.backward()
 
-    def _check_finite(self, values: torch.Tensor) -> None:
-        """Stop on a NaN or infinite task loss; ``values`` ``[T]`` is a CPU copy (no further sync)."""
-        bad = [task for task, finite in zip(self.model.tasks, torch.isfinite(values).tolist()) if not finite]
-        if bad:
-            raise NonFiniteLossError(
-                f"the loss of task {', '.join(map(repr, bad))} is not finite at epoch {self.epoch + 1}, "
-                f"step {self.step_in_epoch + 1}; stopping. The last good checkpoint is {self.out_dir / 'last.pt'}. "
-                "Try a lower train.lr or train.grad_clip, and check that task's targets.")
+    def _check_finite(self, sums: torch.Tensor, first_bad: torch.Tensor) -> None:
+        """Stop on a NaN or infinite task loss. ``sums`` ``[T]``: the epoch's loss sums; ``first_bad`` ``[T]``: the
+        step where each task's loss first was not finite (0: never); both CPU copies. The message names the
+        first such step and its tasks (the others then follow from that step's NaN update)."""
+        failed = [i for i, finite in enumerate(torch.isfinite(sums).tolist()) if not finite]
+        if not failed:
+            return
+        first = min((int(first_bad[i]) for i in failed if first_bad[i] > 0), default=0)
+        culprits = [i for i in failed if not first or int(first_bad[i]) == first]
+        where = f"step {first}" if first else f"steps {self._read_at + 1} to {self.step_in_epoch}"  # a sum overflowed
+        names = lambda indices: ", ".join(repr(self.model.tasks[i]) for i in indices)  # noqa: E731
+        later = [i for i in failed if i not in culprits]
+        also = f"; by then also task {names(later)}" if later else ""
+        raise NonFiniteLossError(
+            f"the loss of task {names(culprits)} is not finite at epoch {self.epoch + 1}, {where} of "
+            f"{self.steps_per_epoch} (found at step {self.step_in_epoch}: the losses are read every "
+            f"train.log_every = {self.settings.log_every} steps{also}); stopping. The last good checkpoint is "
+            f"{self.out_dir / 'last.pt'}. Try a lower train.lr or train.grad_clip, and check that task's targets.")
 
     def _end_epoch(self) -> bool:
         """Validate, log, checkpoint; returns True when early stopping says stop."""
         train_losses = self._epoch_means().tolist()
         weighting = self.model.weighting
         if hasattr(weighting, "end_epoch"):  # e.g. DWA; a task with no labelled sample all epoch is left out
-            call_with_present(weighting.end_epoch, torch.tensor(train_losses), self.epoch_present_counts > 0)
+            call_with_present(weighting.end_epoch, torch.tensor(train_losses), self.epoch_present_counts.cpu() > 0)
         validation = evaluate(self.model, self.dataset.splits["validation"], self.device,
                               self.settings.eval_batch_size, context=self.context)
         monitored = validation.get(self.settings.monitor)
@@ -461,8 +526,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
-            "epoch_loss_sums": self.epoch_loss_sums,
-            "epoch_present_counts": self.epoch_present_counts,
+            "epoch_loss_sums": self.epoch_loss_sums.cpu(),
+            "epoch_present_counts": self.epoch_present_counts.cpu(),
             "epoch_regularization_sum": self.epoch_regularization_sum,
             "best": self.best,
             "best_epoch": self.best_epoch,
@@ -476,9 +541,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.epoch_loss_sums = state["epoch_loss_sums"]
+        self.epoch_loss_sums = state["epoch_loss_sums"].to(self.device, self._sum_dtype)
         self.epoch_present_counts = state.get(  # checkpoints before absent tasks were counted: every step counted
-            "epoch_present_counts", torch.full_like(self.epoch_loss_sums, float(self.step_in_epoch)))
+            "epoch_present_counts", torch.full_like(self.epoch_loss_sums, float(self.step_in_epoch))
+        ).to(self.device, self._sum_dtype)
         self.epoch_regularization_sum = state["epoch_regularization_sum"]
         self.best, self.stale_epochs = state["best"], state["stale_epochs"]
         self.best_epoch = state.get("best_epoch")

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mtmm_core.errors import NonFiniteError
+from mtmm_kernels._validate import value_checks_enabled
 
 
 class LossWeighting(nn.Module):
@@ -68,8 +69,12 @@ class LossWeighting(nn.Module):
         """Raise :class:`NonFiniteError` naming the present tasks whose row of ``values`` ``[T, ...]`` is not finite.
 
         One host sync; called by the stateful and gradient-level methods before any state changes.
-        An absent task's row is not looked at (it takes no part in the step).
+        An absent task's row is not looked at (it takes no part in the step). Skipped while value
+        checks are off (``mtmm_core.model.value_checks``): the trainer then finds a non-finite loss
+        when it reads the losses, at its logging interval.
         """
+        if not value_checks_enabled():
+            return
         finite = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
         if present is not None:
             finite = finite | ~present.to(finite.device)

@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from mtmm_kernels import cross_modal_attention
+from mtmm_kernels._validate import value_checks_enabled
 from mtmm_plugins.checks import check_heads, check_int
 
 
@@ -34,7 +35,13 @@ def blank(x: torch.Tensor, keep: torch.Tensor | None, fill: int | float = 0) -> 
 
 
 def prefix_lengths(mask: torch.Tensor) -> torch.Tensor | None:
-    """Valid lengths ``[B]`` if ``mask`` ``[B, L]`` is a prefix mask in every row, else None."""
+    """Valid lengths ``[B]`` if ``mask`` ``[B, L]`` is a prefix mask in every row, else None.
+
+    The test reads the mask on the host (a device sync on a GPU), so while value checks are off
+    (the trainer's steps, ``torch.compile``) it is not made and the answer is None.
+    """
+    if not value_checks_enabled():
+        return None
     lengths = mask.sum(dim=1)
     positions = torch.arange(mask.shape[1], device=mask.device)
     if torch.equal(positions[None, :] < lengths[:, None], mask):
@@ -46,7 +53,9 @@ class AttentionKeys(NamedTuple):
     """The keys to attend: ``lengths`` ``[B]`` when they are a prefix (the kernel's fast path), else ``mask``.
 
     Build it once per key set with :meth:`from_mask` and pass it to every block that
-    attends to those keys: the prefix test (a host sync on a GPU) then runs once, not per block.
+    attends to those keys: the prefix test (a host sync on a GPU, made only while value checks
+    are on) then runs once, not per block. Code that built the mask from lengths passes them
+    instead (``AttentionKeys(lengths=...)``): no test at all.
     """
 
     lengths: torch.Tensor | None = None

@@ -270,8 +270,8 @@ def _tracing() -> Iterator[None]:
 
 
 def _export_onnx(flat: FlatModel, example: dict[str, torch.Tensor], path: Path, signature: Signature) -> None:
-    """The TorchScript-based exporter (``dynamo=False``): torch.export, behind the default exporter, cannot
-    capture mtmm's models, whose input checks branch on tensor values (docs/export.md)."""
+    """The TorchScript-based exporter (``dynamo=False``), whose output this module checks against the model;
+    the dynamo-based default is not yet checked that way (docs/export.md)."""
     import onnx
 
     dynamic_axes = {spec.name: spec.dynamic_axes() for spec in signature.inputs}

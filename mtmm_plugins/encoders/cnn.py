@@ -70,3 +70,8 @@ class ImageCNN(nn.Module):
         tokens = self.to_tokens(rearrange(feature_map, "b c h w -> b (h w) c"))
         mask = presence_mask(present, tokens.shape[0], tokens.shape[1], tokens.device)
         return EncoderOutput(tokens, mask)
+
+    def check_values(self, images: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
+        """The value checks of ``forward`` (lengths >= 0), on tensors wherever they are."""
+        check_shape(images, "image", ("B", self.in_channels, "H", "W"))
+        sample_presence(lengths, images.shape[0], images.device)

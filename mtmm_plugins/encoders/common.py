@@ -7,11 +7,17 @@ Masks replace, never multiply: an encoder replaces the padded positions of its r
 input (and the whole input of a sample whose length is 0) with zeros by
 ``torch.where`` before any arithmetic (:func:`blank`), so NaN or inf there can reach
 neither a token nor a gradient.
+
+Checks of input *values* (lengths, token ids, categories in range) read tensors on the host,
+a device sync on a GPU: they run only while ``value_checks_enabled()``. Each built-in encoder
+also offers ``check_values(x, lengths)``, which the model runs on a batch's host copy
+(:meth:`mtmm_core.model.MultimodalMultitaskModel.check_values`) before training with them off.
 """
 
 import torch
 from torch import nn
 
+from mtmm_kernels._validate import value_checks_enabled
 from mtmm_plugins.checks import check_fraction, check_heads, check_int
 from mtmm_plugins.layers import AttentionKeys, TransformerBlock, blank  # noqa: F401  (blank: for the encoders)
 
@@ -44,12 +50,15 @@ def check_floating(x: torch.Tensor, what: str) -> None:
 def check_lengths(lengths: object, batch: int, max_length: int | None = None) -> torch.Tensor:
     """Validate ``lengths`` ``[B]`` (integers in ``[0, max_length]``) and return them as ``long``.
 
-    ``max_length=None`` only requires the lengths to be non-negative.
+    ``max_length=None`` only requires the lengths to be non-negative. The range is checked (a host
+    read) only while value checks are on.
     """
     check_shape(lengths, "lengths", (batch,))
     assert isinstance(lengths, torch.Tensor)
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise ValueError(f"expected integer lengths [B], got dtype {lengths.dtype}")
+    if not value_checks_enabled():
+        return lengths.long()
     upper = "inf" if max_length is None else max_length
     out_of_range = (lengths < 0) if max_length is None else (lengths < 0) | (lengths > max_length)
     if out_of_range.any():
@@ -108,9 +117,12 @@ class PositionalTransformer(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout=dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``lengths`` ``[B]``, when ``mask`` is the prefix mask they describe, lets attention take the
+        kernel's lengths path without testing the mask (a host sync)."""
         x = self.dropout(tokens + self.position_embedding[: tokens.shape[1]])
-        keys = AttentionKeys.from_mask(mask)
+        keys = AttentionKeys(lengths=lengths) if lengths is not None else AttentionKeys.from_mask(mask)
         for block in self.blocks:
             x = block(x, keys=keys)
         return blank(self.norm(x), mask)

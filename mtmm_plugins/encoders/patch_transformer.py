@@ -75,3 +75,8 @@ class ImagePatchTransformer(nn.Module):
         tokens = self.transformer(torch.cat([cls, patch_tokens], dim=1))
         mask = presence_mask(present, tokens.shape[0], tokens.shape[1], tokens.device)
         return EncoderOutput(tokens, mask)
+
+    def check_values(self, images: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
+        """The value checks of ``forward`` (lengths >= 0), on tensors wherever they are."""
+        check_shape(images, "image", ("B", self.in_channels, self.image_size, self.image_size))
+        sample_presence(lengths, images.shape[0], images.device)

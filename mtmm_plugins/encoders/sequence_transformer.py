@@ -68,6 +68,13 @@ class SequenceTransformer(nn.Module):
         if lengths is None:
             mask = torch.ones(batch, steps, dtype=torch.bool, device=frames.device)
         else:
-            mask = prefix_mask(check_lengths(lengths, batch, steps).to(frames.device), steps)
-        tokens = self.transformer(self.frame_projection(blank(frames, mask)), mask)
+            lengths = check_lengths(lengths, batch, steps).to(frames.device)
+            mask = prefix_mask(lengths, steps)
+        tokens = self.transformer(self.frame_projection(blank(frames, mask)), None if lengths is None else mask, lengths)
         return EncoderOutput(tokens, mask)
+
+    def check_values(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
+        """The value checks of ``forward`` (lengths in ``[0, T]``), on tensors wherever they are."""
+        if lengths is not None:
+            check_shape(frames, "frames", ("B", "T", self.in_features))
+            check_lengths(lengths, frames.shape[0], frames.shape[1])

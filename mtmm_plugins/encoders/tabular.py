@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mtmm_core.contracts import EncoderOutput
+from mtmm_kernels._validate import value_checks_enabled
 from mtmm_plugins.checks import check_fraction, check_int, check_ints
 from mtmm_plugins.encoders.common import blank, check_floating, check_shape, presence_mask, sample_presence
 
@@ -99,6 +100,17 @@ class TabularMLP(nn.Module):
         mask = presence_mask(present, out.shape[0], out.shape[1], out.device)
         return EncoderOutput(out, mask)
 
+    def check_values(self, x: torch.Tensor | Mapping[str, torch.Tensor], lengths: torch.Tensor | None = None) -> None:
+        """The value checks of ``forward`` (lengths >= 0, categories in range), on tensors wherever they are."""
+        numeric, categorical = self._split(x)
+        part = numeric if numeric is not None else categorical
+        if part is None:
+            return
+        present = sample_presence(lengths, part.shape[0], part.device)
+        if self.category_projection is not None and categorical is not None:
+            check_shape(categorical, "categorical", ("B", len(self.categories)))
+            self._check_categories(blank(categorical, present))
+
     def _split(
         self, x: torch.Tensor | Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -126,6 +138,8 @@ class TabularMLP(nn.Module):
     def _check_categories(self, categorical: torch.Tensor) -> None:
         if categorical.is_floating_point() or categorical.dtype == torch.bool:
             raise ValueError(f"expected integer categorical [B, C], got dtype {categorical.dtype}")
+        if not value_checks_enabled():  # the range check reads the values on the host
+            return
         for column, cardinality in enumerate(self.categories):
             values = categorical[:, column]
             bad = (values < 0) | (values >= cardinality)

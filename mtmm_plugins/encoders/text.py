@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mtmm_core.contracts import EncoderOutput
+from mtmm_kernels._validate import value_checks_enabled
 from mtmm_plugins.checks import check_int
 from mtmm_plugins.encoders.common import (
     PositionalTransformer,
@@ -97,7 +98,7 @@ class ByteTextEncoder(nn.Module):
             ids, mask = self._check_ids(x, lengths)
         else:
             ids, mask = self._tokenize(x, lengths)
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         ids = blank(ids, mask, ByteTokenizer.PAD_ID)
         tokens = self.transformer(self.byte_embedding(ids), mask)
         return EncoderOutput(tokens, mask)
@@ -111,9 +112,17 @@ class ByteTextEncoder(nn.Module):
             if not isinstance(text, str):
                 raise ValueError(f"expected a list of str, got {type(text).__name__} at index {index}")
         ids, text_lengths = self.tokenizer.encode(texts, self.max_len)
-        if lengths is not None:
-            text_lengths = torch.minimum(text_lengths, check_lengths(lengths, len(texts)).cpu())
+        if lengths is not None:  # on the lengths' device: no copy back to the host
+            lengths = check_lengths(lengths, len(texts))
+            text_lengths = torch.minimum(text_lengths.to(lengths.device, non_blocking=True), lengths)
         return ids, prefix_mask(text_lengths, ids.shape[1])
+
+    def check_values(self, x: Sequence[str] | torch.Tensor, lengths: torch.Tensor | None = None) -> None:
+        """The value checks of ``forward`` (lengths, and ids in range), on tensors wherever they are."""
+        if isinstance(x, torch.Tensor):
+            self._check_ids(x, lengths)
+        elif lengths is not None and isinstance(x, Sequence) and not isinstance(x, str):
+            check_lengths(lengths, len(x))
 
     def _check_ids(
         self, ids: torch.Tensor, lengths: torch.Tensor | None
@@ -131,6 +140,6 @@ class ByteTextEncoder(nn.Module):
         else:
             mask = prefix_mask(check_lengths(lengths, batch, steps).to(ids.device), steps)
         out_of_range = mask & ((ids < 0) | (ids >= ByteTokenizer.VOCAB_SIZE))
-        if out_of_range.any():
+        if value_checks_enabled() and out_of_range.any():
             raise ValueError(f"expected ids in [0, {ByteTokenizer.VOCAB_SIZE - 1}], got {int(ids[out_of_range][0])}")
         return ids, mask

@@ -6,6 +6,7 @@ from torch import nn
 from mtmm_core.errors import NonFiniteError
 from mtmm_core.weighting_bases import masked_softmax
 from mtmm_core.weighting_bases import GradientWeighting
+from mtmm_kernels._validate import value_checks_enabled
 
 
 class GradNormWeighting(GradientWeighting):
@@ -52,7 +53,7 @@ class GradNormWeighting(GradientWeighting):
 
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         gradient_norms = torch.linalg.vector_norm(grads.detach().float(), dim=1)  # [t]; NaN or inf stays so
-        if not bool(torch.isfinite(gradient_norms).all()):
+        if value_checks_enabled() and not bool(torch.isfinite(gradient_norms).all()):
             bad = [self.tasks[int(i)] for i in self.active[~torch.isfinite(gradient_norms).cpu()]]
             raise NonFiniteError(f"{self.method}: the gradient of task {', '.join(map(repr, bad))} is NaN or "
                                  "infinite (or its square overflows); nothing was updated")
