@@ -279,16 +279,16 @@ def loss_scenario(dtype: str, tasks: str, log_vars: bool) -> Scenario:
     return Scenario("multitask_loss", dtype, None, f"{tasks}{' log_vars' if log_vars else ''}", run)
 
 
-def scenarios(quick: bool) -> list[Scenario]:
+def scenarios(quick: bool, dtypes: tuple[str, ...] = DTYPES) -> list[Scenario]:
     """The full sweep, or the CI set: every kernel and every dtype, at the heaviest head dim and masking."""
     out = []
     if quick:
-        for dtype in DTYPES:
+        for dtype in dtypes:
             for tf32 in ((False, True) if dtype == "fp32" else (False,)):
                 out.append(attention_scenario(dtype, tf32, 128, "mask"))
             out.append(loss_scenario(dtype, "mixed", log_vars=True))
         return out
-    for dtype in DTYPES:
+    for dtype in dtypes:
         for tf32 in ((False, True) if dtype == "fp32" else (False,)):
             for head_dim in HEAD_DIMS:
                 for masking in MASKINGS:
@@ -521,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every row to this JSON file")
     parser.add_argument("--failures-only", action="store_true", help="print only the failing rows")
     parser.add_argument("--kernel", action="append", help="only this kernel, e.g. _attn_bwd (repeatable)")
+    parser.add_argument("--dtype", action="append", choices=DTYPES, help="only this input dtype (repeatable)")
     parser.add_argument("--list", action="store_true", help="print what would be built (signatures), build nothing")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
@@ -534,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     archs = args.arch or list(ARCHS)
-    JOBS[:] = [job for job in build_jobs(scenarios(args.quick), archs)
+    JOBS[:] = [job for job in build_jobs(scenarios(args.quick, tuple(args.dtype or DTYPES)), archs)
                if not args.kernel or job.kernel_name in args.kernel]
     if args.list:
         for job in JOBS:
