@@ -3,6 +3,7 @@
 The suite itself is for a CUDA machine; here its ``--dry-run`` runs a tiny CPU version of
 every section (the PyTorch fallbacks, no Triton) in a subprocess, and a few in-process
 runs with stub sections check the exit status, the error recording and ``--resume``.
+The sections and helpers live in ``benchmarks/gpubench/`` (importable once the suite is loaded).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "benchmarks" / "gpu_suite.py"
+PARTS = ROOT / "benchmarks" / "gpubench"  # the package gpu_suite.py runs its sections from
 SECTIONS = ["environment", "ceilings", "correctness", "attention", "multitask_loss", "train_step", "pytest"]
 
 
@@ -200,16 +202,19 @@ def test_time_budget_skips_what_is_left(suite, monkeypatch, tmp_path) -> None:
 
 
 def test_timing_summary_and_junit_parsing(suite, tmp_path) -> None:
-    stats = suite.summarize([3.0, 1.0, 2.0, 10.0])
+    from gpubench.common import summarize, time_calls  # on sys.path once the suite is loaded
+    from gpubench.pytest_section import junit_summary
+
+    stats = summarize([3.0, 1.0, 2.0, 10.0])
     assert stats["median_ms"] == 2.5 and stats["min_ms"] == 1.0 and stats["max_ms"] == 10.0 and stats["reps"] == 4
-    timed = suite.time_calls(lambda: None, "cpu", reps=3, warmup=1, sample_ms=0.1)
+    timed = time_calls(lambda: None, "cpu", reps=3, warmup=1, sample_ms=0.1)
     assert timed["reps"] == 3 and timed["inner"] >= 1
     junit = tmp_path / "j.xml"
     junit.write_text('<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
                      '<testcase classname="t" name="a"/><testcase classname="t" name="b">'
                      '<failure message="boom"/></testcase><testcase classname="t" name="c"><skipped/></testcase>'
                      '</testsuite></testsuites>')
-    summary = suite.junit_summary(junit)
+    summary = junit_summary(junit)
     assert summary["passed"] == 1 and summary["failures"] == 1 and summary["skipped"] == 1
     assert summary["failed_tests"] == [{"test": "t::b", "kind": "failure", "message": "boom"}]
     assert suite.clean_json({"a": float("nan"), "b": (1, torch.tensor(2.5))}) == {"a": None, "b": [1, 2.5]}
@@ -217,10 +222,15 @@ def test_timing_summary_and_junit_parsing(suite, tmp_path) -> None:
 
 
 def test_shim_entry_points_come_from_pyproject(suite) -> None:
-    text = suite._entry_points_from_pyproject()
+    from gpubench.importable import _entry_points_from_pyproject
+
+    text = _entry_points_from_pyproject()
     assert text.startswith("[mtmm]\n") and "encoders = mtmm_plugins.encoders" in text
 
 
 def test_parses_as_python_3_10() -> None:
     """The GPU machines may run an older Python than this one: no syntax newer than 3.10."""
-    ast.parse(SUITE.read_text(), feature_version=(3, 10))
+    parts = sorted(PARTS.glob("*.py"))
+    assert len(parts) >= 8, parts
+    for path in (SUITE, *parts):
+        ast.parse(path.read_text(), feature_version=(3, 10), filename=str(path))
