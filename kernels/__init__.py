@@ -7,6 +7,7 @@ It registers the PyTorch operators ``mtmm::cross_modal_attention`` and ``mtmm::m
 
 from __future__ import annotations
 
+from ._validate import value_checks, value_checks_enabled
 from .attention import cross_modal_attention, resolve_backend
 from .attention_reference import attention_reference
 from .multitask_loss import multitask_loss
@@ -18,4 +19,6 @@ __all__ = [
     "multitask_loss",
     "multitask_loss_reference",
     "resolve_backend",
+    "value_checks",
+    "value_checks_enabled",
 ]

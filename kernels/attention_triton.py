@@ -28,7 +28,6 @@ import inspect
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from ._backend import triton_interpreting
 
@@ -49,8 +48,11 @@ _ALL, _UPTO64, _UPTO32 = (16, 32, 64, 128), (16, 32, 64), (16, 32)
 
 #: Autotune candidates ``(BLOCK_M, BLOCK_N, num_warps, num_stages, BLOCK_D values)`` per kernel,
 #: architecture family and operand class, chosen with benchmarks/aot_check.py: none spills or
-#: exceeds the per-block shared memory at the head dims it is kept for, and none sits at the
-#: 255-register ceiling there (docs/kernels.md, "Checking the kernels without a GPU").
+#: exceeds the per-block shared memory at the head dims it is kept for, with Triton 3.9 or 3.6
+#: (the GPU machines'), and none sits at the 255-register ceiling there (docs/kernels.md,
+#: "Checking the kernels without a GPU"). Spills appear and vanish irregularly with the head
+#: dim, the masking and the Triton version (ptxas trading a few bytes of spill for occupancy),
+#: hence head-dim lists rather than a rule.
 #: "sm90" (Hopper and later) keeps BLOCK_M >= 64 (backward: BLOCK_N >= 64 too, the dK/dV dots
 #: have BLOCK_N rows) so that the dots are warpgroup MMAs (wgmma: a warpgroup of 4 warps per 64
 #: rows); the exception is TF32 backward at D = 128, where no such tile fits in registers.
@@ -59,24 +61,23 @@ _ALL, _UPTO64, _UPTO32 = (16, 32, 64, 128), (16, 32, 64), (16, 32)
 _TABLE = {
     ("fwd", "sm90", "16bit"): [(64, 64, 4, 3, _ALL), (64, 128, 4, 3, _UPTO64), (64, 128, 8, 3, _UPTO64),
                                (128, 64, 8, 3, _ALL), (128, 128, 8, 2, _UPTO64), (128, 32, 8, 3, _ALL)],
-    ("fwd", "sm80", "16bit"): [(16, 32, 4, 2, _ALL), (32, 64, 4, 3, _ALL), (64, 32, 4, 3, _ALL),
-                               (64, 64, 4, 3, _UPTO64), (64, 128, 8, 3, _ALL), (128, 64, 8, 3, _UPTO64),
+    ("fwd", "sm80", "16bit"): [(16, 32, 4, 2, _ALL), (32, 64, 4, 3, _ALL), (64, 32, 4, 3, (16, 64, 128)),
+                               (64, 64, 4, 3, _UPTO64), (64, 128, 8, 3, (16, 64, 128)), (128, 64, 8, 3, _UPTO64),
                                (128, 128, 8, 2, _UPTO32), (128, 32, 8, 3, _ALL)],
     ("bwd", "sm90", "16bit"): [(64, 64, 4, 2, _UPTO64), (64, 64, 8, 2, _ALL), (64, 128, 8, 2, _UPTO32)],
     ("bwd", "sm80", "16bit"): [(16, 32, 4, 2, _ALL), (32, 32, 4, 2, _ALL), (32, 64, 4, 2, _UPTO64),
                                (64, 32, 4, 2, (32, 64)), (64, 64, 4, 2, _UPTO32), (64, 64, 8, 2, _UPTO32)],
     ("fwd", "sm90", "tf32"): [(64, 32, 4, 2, _ALL), (64, 32, 4, 3, _ALL), (64, 64, 4, 2, _UPTO64),
                               (64, 64, 8, 2, _ALL), (128, 32, 8, 2, _ALL)],
-    ("fwd", "sm80", "tf32"): [(16, 32, 4, 2, _ALL), (32, 32, 4, 2, _ALL), (64, 64, 8, 2, _UPTO64),
-                              (128, 32, 8, 2, _UPTO64)],
-    ("bwd", "sm90", "tf32"): [(16, 32, 4, 2, (128,)), (32, 32, 4, 2, (128,)), (64, 64, 4, 2, _UPTO64),
+    ("fwd", "sm80", "tf32"): [(16, 32, 4, 2, _ALL), (32, 32, 4, 2, _UPTO64), (64, 64, 8, 2, _UPTO64)],
+    ("bwd", "sm90", "tf32"): [(16, 32, 4, 2, (128,)), (32, 32, 4, 2, (128,)), (64, 64, 4, 2, _UPTO32),
                               (64, 64, 8, 2, _UPTO64)],
     ("bwd", "sm80", "tf32"): [(16, 32, 4, 2, (16, 32, 128)), (32, 32, 4, 1, _ALL)],
     ("fwd", "sm90", "ieee"): [(16, 32, 8, 1, (128,)), (32, 16, 8, 1, (128,)), (16, 32, 4, 1, _UPTO64),
-                              (16, 64, 4, 1, _UPTO64), (64, 32, 8, 1, _UPTO64)],
-    ("fwd", "sm80", "ieee"): [(16, 32, 4, 1, _ALL), (16, 64, 4, 1, _UPTO64), (32, 32, 8, 1, _ALL)],
-    ("bwd", "sm90", "ieee"): [(16, 32, 8, 1, _ALL), (32, 32, 8, 1, _UPTO64)],
-    ("bwd", "sm80", "ieee"): [(16, 32, 4, 1, _ALL), (32, 32, 8, 1, _ALL)],
+                              (16, 64, 4, 1, _UPTO32), (64, 32, 8, 1, (16, 64))],
+    ("fwd", "sm80", "ieee"): [(16, 32, 4, 1, _ALL), (16, 64, 4, 1, _UPTO64), (32, 32, 8, 1, _UPTO64)],
+    ("bwd", "sm90", "ieee"): [(16, 32, 8, 1, (16, 64, 128)), (32, 32, 8, 1, _UPTO64)],
+    ("bwd", "sm80", "ieee"): [(16, 32, 4, 1, (16, 64, 128)), (32, 32, 8, 1, _UPTO64)],
 }
 
 #: The one config under the interpreter (no benchmarking there).
@@ -472,58 +473,3 @@ def _backward(do, q, k, v, o, lse, kv_len, mask, scale):
             BLOCK_D=block_d,
         )
     return dq, dk, dv
-
-
-class _CrossModalAttentionFn(torch.autograd.Function):
-    """Autograd wrapper: saves q, k, v, O and the log-sum-exp; backward recomputes the probabilities."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, kv_len, mask, scale):  # type: ignore[override]
-        o, lse = _forward(q, k, v, kv_len, mask, scale)
-        ctx.save_for_backward(q, k, v, o, lse, kv_len, mask)
-        ctx.scale = scale
-        return o
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, do):  # type: ignore[override]
-        q, k, v, o, lse, kv_len, mask = ctx.saved_tensors
-        dq, dk, dv = _backward(do, q, k, v, o, lse, kv_len, mask, ctx.scale)
-        return dq, dk, dv, None, None, None
-
-
-def _kernel_masks(key_lengths, key_padding_mask, Lk: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The kernels' ``(kv_len, mask)``: int32 lengths, or a uint8 view of the bool mask with
-    ``kv_len`` one past each sample's last True entry; ``(None, None)`` without masking."""
-    if key_lengths is not None:
-        return key_lengths.to(torch.int32), None
-    if key_padding_mask is not None:
-        positions = torch.arange(1, Lk + 1, device=device, dtype=torch.int32)
-        kv_len = torch.where(key_padding_mask, positions, 0).amax(dim=1).to(torch.int32)
-        return kv_len, key_padding_mask.view(torch.uint8)
-    return None, None
-
-
-def attention_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_lengths: torch.Tensor | None,
-    key_padding_mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
-    """``q`` ``[B, H, Lq, D]``, ``k``/``v`` ``[B, H, Lk, D]`` -> ``[B, H, Lq, D]`` (arguments pre-validated).
-
-    ``key_lengths`` ``[B]`` becomes int32 ``kv_len``; a bool ``key_padding_mask`` ``[B, Lk]``
-    is passed as uint8 together with ``kv_len`` = one past its last True entry.
-    """
-    if q.device.type != "cuda" and not INTERPRETED:
-        raise ValueError(
-            f"backend='triton' cannot run on {q.device}: mtmm_kernels.attention_triton was imported "
-            "without TRITON_INTERPRET=1"
-        )
-    kv_len, mask = _kernel_masks(key_lengths, key_padding_mask, k.shape[2], q.device)
-    if q.shape[0] == 0 or q.shape[1] == 0 or q.shape[2] == 0:
-        return q * 0  # empty: nothing to launch
-    return _CrossModalAttentionFn.apply(q, k, v, kv_len, mask, scale)
-

@@ -40,10 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._backend import triton_interpreting
 from .multitask_loss_validate import KINDS, MultitaskArgs
 
-INTERPRETED = triton_interpreting()
 KIND_CODES = {kind: code for code, kind in enumerate(KINDS)}  # cross_entropy 0, bce 1, mse 2, l1 3, huber 4
 TILE_ELEMENTS = 4096  # rows * columns per tile
 NARROW_TILE_ELEMENTS = 2048  # the same for rows of 2 to 255 elements: halves their registers (see _narrow)
@@ -208,7 +206,8 @@ def _backward_kernel(preds, targets, masks, grads, lse, batch, width, lse_offset
 
 
 def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, (max(n, 1) - 1).bit_length())
+    """Triton's, with 1 for an empty task (``n = 0``)."""
+    return triton.next_power_of_2(max(n, 1))
 
 
 def _narrow(width: int) -> bool:
@@ -261,12 +260,8 @@ class _LaunchPlan:
 
 
 class _Plan:
-    """Launch layout of one call: per-task tile sizes, the launches (by kind) and the saved-lse offsets.
-
-    ``starts``, ``batch``, ``width``, ``lse_offsets`` and :meth:`constexprs` describe a single
-    launch of every task (still valid: the kernels take it); :attr:`launches` is the split
-    that :func:`launch_forward` and :func:`launch_backward` run.
-    """
+    """Launch layout of one call: per-task tile sizes, the saved-lse offsets and :attr:`launches`, the
+    launches by tile shape (:func:`_group_key`) that :func:`launch_forward` and :func:`launch_backward` run."""
 
     def __init__(self, a: MultitaskArgs):
         self.kind = tuple(KIND_CODES[k] for k in a.kinds)
@@ -282,21 +277,13 @@ class _Plan:
             total += b if kind == 0 else 0
         self.lse_offsets, self.lse_rows = tuple(offsets), max(total, 1)
         self.row_widths = [1.0 if k == 0 else float(w) for k, w in zip(self.kind, self.width)]
-        everything = _LaunchPlan(self, tuple(range(len(self.kind))))
-        self.starts = everything.starts
-        self.num_warps = everything._constexprs["num_warps"]
-        self._single = everything
         groups: dict[bool, list[int]] = {}
         for t, (kind, width) in enumerate(zip(self.kind, self.width)):
             groups.setdefault(_group_key(kind, width), []).append(t)
         #: Launches in a fixed order (long rows and [B] first), empty ones left out (at least one launch).
         self.launches = [launch for launch in (_LaunchPlan(self, tuple(ids)) for _, ids in sorted(groups.items()))
-                         if launch.programs > 0] or [everything]
+                         if launch.programs > 0] or [_LaunchPlan(self, tuple(range(len(self.kind))))]
         self.total_programs = sum(launch.programs for launch in self.launches)
-
-    def constexprs(self, has_log_vars: bool) -> dict:
-        """Constexprs of a single launch of every task (grid ``(starts[-1],)``)."""
-        return self._single.constexprs(has_log_vars)
 
 
 def launch_forward(plan: _Plan, preds, targets, masks, weights, log_vars, row_widths, ignore_index: int,
@@ -333,48 +320,3 @@ def launch_backward(plan: _Plan, preds, targets, masks, lse, counts, weights, lo
             launch.batch, launch.width, launch.lse_offsets, launch.starts, counts, weights, log_vars, row_widths,
             grad_out, ignore_index, **launch.constexprs(has_log_vars))
     return grads
-
-
-class _FusedMultitaskLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a: MultitaskArgs, log_vars: torch.Tensor | None, *preds: torch.Tensor):
-        plan, device = _Plan(a), preds[0].device
-        preds = tuple(p.contiguous() for p in preds)
-        targets = tuple(t.contiguous() for t in a.targets)
-        masks = tuple(p if m is None else m.contiguous() for p, m in zip(preds, a.masks))  # unused when no mask
-        weights = a.task_weights.float().contiguous()
-        s = (log_vars.detach().float() if log_vars is not None else weights).contiguous()
-        row_widths = torch.tensor(plan.row_widths, dtype=torch.float32, device=device)
-        out, lse, counts = launch_forward(plan, preds, targets, masks, weights, s, row_widths, a.ignore_index,
-                                          log_vars is not None)
-        ctx.plan, ctx.targets, ctx.masks, ctx.ignore_index = plan, targets, masks, a.ignore_index
-        ctx.has_log_vars = log_vars is not None
-        ctx.log_vars_dtype = None if log_vars is None else log_vars.dtype
-        ctx.save_for_backward(lse, counts, weights, s, row_widths, out, *preds)
-        return out[0].clone(), out[1:].clone()
-
-    @staticmethod
-    def backward(ctx, grad_total: torch.Tensor | None, grad_per_task: torch.Tensor | None):
-        lse, counts, weights, s, row_widths, out, *preds = ctx.saved_tensors
-        device = lse.device
-        grad_total = torch.zeros((), device=device) if grad_total is None else grad_total.float()
-        grad_per_task = torch.zeros(len(preds), device=device) if grad_per_task is None else grad_per_task.float()
-        grad_out = torch.cat([grad_total.reshape(1), grad_per_task]).contiguous()
-        grads = launch_backward(ctx.plan, tuple(preds), ctx.targets, ctx.masks, lse, counts, weights, s, row_widths,
-                                grad_out, ctx.ignore_index, ctx.has_log_vars)
-        grad_s = None
-        if ctx.has_log_vars:  # d/ds_i of c_i exp(-s_i) L_i + 0.5 s_i
-            grad_s = (grad_total * (0.5 - weights * torch.exp(-s) * out[1:])).to(ctx.log_vars_dtype)
-        return (None, grad_s, *grads)
-
-
-def multitask_loss_triton(a: MultitaskArgs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted total ``[]`` and per-task losses ``[T]`` (float32) from the fused kernels."""
-    if a.preds[0].device.type != "cuda" and not INTERPRETED:
-        raise ValueError("the Triton multitask loss was imported without TRITON_INTERPRET=1 and cannot run on "
-                         f"{a.preds[0].device} tensors")
-    if sum(p.shape[0] for p in a.preds) == 0:
-        from .multitask_loss_torch import multitask_loss_torch
-
-        return multitask_loss_torch(a)
-    return _FusedMultitaskLoss.apply(a, a.log_vars, *a.preds)

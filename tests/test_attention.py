@@ -214,3 +214,21 @@ def test_bad_tensors(change, match: str) -> None:
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         cross_modal_attention(*_qkv(), **kwargs)
+
+
+def test_value_checks_switch_is_public_and_scoped() -> None:
+    """``mtmm_kernels.value_checks(False)`` skips the checks that read values (lengths past Lk), only
+    inside its block; shape checks still run there."""
+    import mtmm_kernels
+
+    q, k = torch.randn(2, 1, 3, 8), torch.randn(2, 1, 5, 8)
+    too_long = torch.tensor([5, 6])  # 6 > Lk = 5
+    assert mtmm_kernels.value_checks_enabled()
+    with pytest.raises(ValueError, match="key_lengths"):
+        mtmm_kernels.cross_modal_attention(q, k, k, key_lengths=too_long, backend="torch")
+    with mtmm_kernels.value_checks(False):
+        assert not mtmm_kernels.value_checks_enabled()
+        mtmm_kernels.cross_modal_attention(q, k, k, key_lengths=too_long, backend="torch")  # not read
+        with pytest.raises(ValueError):
+            mtmm_kernels.cross_modal_attention(q, k[:, :, :, :4], k, key_lengths=too_long, backend="torch")
+    assert mtmm_kernels.value_checks_enabled()
