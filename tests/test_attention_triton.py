@@ -138,3 +138,40 @@ def test_autotune_key_is_bucketed() -> None:
     assert _bucket(1) == 1 and _bucket(49) == 64 and _bucket(257) == 512 and _bucket(577) == 1024
     assert {_bucket(n) for n in range(513, 1025)} == {1024}
     assert _bucket(100_000) == 4096
+
+
+def test_autotune_key_holds_every_code_changing_argument_and_results_persist() -> None:
+    """The compiled kernels (not the interpreter's): every constexpr but the tile sizes is in the
+    autotune key (a new masking, precision or head dim retunes), the lengths enter only bucketed, the
+    batch and head counts never (a new batch size reuses the tuned tile), and the tuning is written to
+    Triton's cache (``cache_results``) where this Triton has it."""
+    import inspect
+    import json
+    import subprocess
+    import sys
+
+    import triton
+
+    code = (
+        "import inspect, json\n"
+        "import mtmm_kernels.attention_triton as a\n"
+        "out = {}\n"
+        "for name in ('_attn_fwd', '_attn_bwd'):\n"
+        "    tuner = getattr(a, name)\n"
+        "    params = inspect.signature(tuner.fn.fn).parameters\n"
+        "    out[name] = {'keys': list(tuner.keys), 'cache': bool(tuner.cache_results), 'args': list(params),\n"
+        "                 'constexprs': [n for n, p in params.items() if 'constexpr' in str(p.annotation)]}\n"
+        "print(json.dumps(out))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    persists = "cache_results" in inspect.signature(triton.autotune).parameters
+    for name, info in found.items():
+        keys, constexprs = set(info["keys"]), set(info["constexprs"])
+        assert {"BLOCK_D", "HAS_LENGTHS", "HAS_MASK", "PRECISION", "DOT_FP32"} <= constexprs, name
+        assert constexprs - {"BLOCK_M", "BLOCK_N"} <= keys, (name, constexprs - keys)
+        assert keys <= set(info["args"]), name
+        assert {"LQ_BUCKET", "LK_BUCKET"} <= keys and not keys & {"H", "Lq", "Lk", "D"}, name
+        assert info["cache"] == persists, name
