@@ -117,6 +117,12 @@ def _register_with_manager(manager: pluggy.PluginManager, plugin: object, info: 
     untouched); a hook name that is not a spec (``register_encoder``) is only found by
     ``check_pending``, so it is looked for here, per plugin, and the plugin is unregistered again.
     """
+    if manager.is_registered(plugin):  # e.g. register_plugin() on the module an installed entry point names
+        _fail(info, PluginError(
+            f"{info.module} is already loaded as plugin {manager.get_name(plugin)!r} (through its entry point); "
+            f"its components are registered once, under that plugin: register_plugin() is for code that is "
+            f"not installed"), "load")
+        return False
     try:
         manager.register(plugin, name=info.name)
     except pluggy.PluginValidationError as error:

@@ -325,6 +325,22 @@ def test_an_in_process_plugin_can_be_registered_and_removed():
         mtmm_core.get_component("weighting", "notebook_weighting")
 
 
+def test_registering_an_installed_plugin_module_again_warns_and_keeps_its_components_once():
+    """``register_plugin`` on the module an entry point already loads: a warning naming both, not a crash
+    of every lookup; the built-in encoders stay registered once, under their entry point."""
+    import mtmm_plugins.encoders
+
+    before = mtmm_core.list_components("encoder")
+    name = mtmm_core.register_plugin(mtmm_plugins.encoders, name="again")
+    try:
+        with pytest.warns(plugins.PluginLoadWarning, match=r"'again'.*already loaded as plugin 'mtmm:encoders'"):
+            after = mtmm_core.list_components("encoder")
+        assert after == before
+        assert next(p for p in plugins.plugin_infos() if p.name == "again").status == "failed"
+    finally:
+        mtmm_core.unregister_plugin(name)
+
+
 def test_describe_reports_parameters_and_provenance(make_distribution):
     make_distribution("acme-encoders", good_plugin())
     info = mtmm_core.describe("encoder", "doubler")
