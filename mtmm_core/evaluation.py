@@ -183,7 +183,7 @@ def classification_labels(model: MultimodalMultitaskModel, split: Any, device: t
             if task not in batch.targets:
                 continue
             logits, target = output.predictions[task].float(), batch.targets[task]
-            mask = model._counted_samples(task, output, target, (batch.task_masks or {}).get(task))
+            mask = model.counted_samples(task, output, target, (batch.task_masks or {}).get(task))
             if model.heads[task].loss_kind == "cross_entropy":
                 classes[task] = int(logits.shape[1])
                 guess, gold = logits.argmax(dim=1), target.long()

@@ -134,7 +134,7 @@ class MultimodalMultitaskModel(nn.Module):
                 losses[task] = prediction.sum() * 0.0
                 continue
             target = targets[task] if info.needs_target else None
-            mask = self._counted_samples(task, output, target, task_masks.get(task))
+            mask = self.counted_samples(task, output, target, task_masks.get(task))
             scale = getattr(head, "target_scale", None)
             if scale is not None and target is not None:
                 prediction, target = prediction / scale, target / scale
@@ -169,10 +169,10 @@ class MultimodalMultitaskModel(nn.Module):
                 flags.append(torch.zeros((), dtype=torch.bool, device=prediction.device))
                 continue
             target = targets[task] if info.needs_target else None
-            flags.append(_all_true(self._counted_samples(task, output, target, task_masks.get(task)), prediction).any())
+            flags.append(_all_true(self.counted_samples(task, output, target, task_masks.get(task)), prediction).any())
         return torch.stack(flags)
 
-    def _counted_samples(self, task: str, output: ModelOutput, target: torch.Tensor | None,
+    def counted_samples(self, task: str, output: ModelOutput, target: torch.Tensor | None,
                          task_mask: torch.Tensor | None) -> torch.Tensor | None:
         """Bool ``[B]``: the samples that count in ``task``'s loss (its task mask, every modality its head
         names in ``modalities`` present, a target other than its loss's ``ignore_index``), or None when
