@@ -3,6 +3,7 @@
 from mtmm_core.api import Run, load_run, train
 from mtmm_core.components import create, describe, get_component, list_components
 from mtmm_core.contracts import Batch, EncoderOutput, masked_mean
+from mtmm_core.databuild import build_data
 from mtmm_core.errors import (
     AmbiguousComponentError,
     MtmmError,
@@ -29,6 +30,7 @@ __all__ = [
     "Run",
     "SpecError",
     "UnknownComponentError",
+    "build_data",
     "build_model",
     "create",
     "describe",

@@ -61,10 +61,18 @@ class Run:
 
     def predict(self, data: str | None = None, modalities: list[str] | str | None = None,
                 batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Predictions for every sample of ``data`` (default: the run's data set) as arrays of N rows:
+        """Predictions for every sample of ``data`` (default: the run's data set; a .csv / .parquet table of
+        new raw rows for a run trained on a built table, docs/tables.md) as arrays of N rows:
         ``split``, ``row``, ``<task>`` (raw output), ``<task>.label`` (predicted class),
         ``<task>.probability`` (binary heads); see :func:`mtmm_core.predict.predict_arrays`."""
-        dataset = load_dataset({"name": data} if data else self.config["data"])
+        from mtmm_core.databuild.build import is_table
+
+        if data is not None and is_table(data):  # new raw rows, preprocessed as the run's table was
+            from mtmm_core.databuild import RowsDataset, run_preprocessing
+
+            dataset = RowsDataset(data, run_preprocessing(self.path))
+        else:
+            dataset = load_dataset({"name": data} if data else self.config["data"])
         chosen = select_modalities(modalities, self.model.modalities)
         return predict_arrays(self.model, dataset, batch_size, chosen)
 
@@ -116,6 +124,9 @@ def train(config: str | Path | Mapping[str, Any] | None = None, *, out: str | Pa
         merged = load_config(config, extra)
         out_dir = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     trainer = Trainer(merged, out_dir, resume=resume is not None, force=force, on_epoch_end=on_epoch_end)
+    from mtmm_core.databuild.rows import save_run_preprocessing
+
+    save_run_preprocessing(trainer.dataset, out_dir)  # a data folder built from a table (docs/tables.md)
     metrics = trainer.run()
     return Run(path=out_dir, config=merged, model=trainer.model.eval(), history=_read_history(out_dir),
                test_metrics=metrics)

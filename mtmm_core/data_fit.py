@@ -50,9 +50,15 @@ class _Part:
         return self.component.name if self.component.distribution == BUILTIN else None
 
 
-def _model_parts(model: Any) -> tuple[dict[str, _Part], dict[str, _Part] | None]:
+#: Encoder parameters that the data fixes when a config leaves them out (mtmm_core.data.infer_encoders).
+DATA_SIZES = frozenset({"in_channels", "in_features", "num_numeric", "categories", "image_size", "max_len",
+                        "vocab_size"})
+
+
+def _model_parts(model: Any, data_sizes: bool = False) -> tuple[dict[str, _Part], dict[str, _Part] | None]:
     """The encoders and (None when left out) the task heads of a config's ``model`` section.
-    A section that cannot be read (unknown component, unknown or mistyped parameter) raises SpecError."""
+    A section that cannot be read (unknown component, unknown or mistyped parameter) raises SpecError;
+    with ``data_sizes``, an encoder may leave out the parameters the data will fix (``DATA_SIZES``)."""
     from mtmm_core.components import WIRING_ARGUMENTS, check_arguments, get_component
     from mtmm_core.errors import AmbiguousComponentError, SpecError, UnknownComponentError
 
@@ -67,7 +73,8 @@ def _model_parts(model: Any) -> tuple[dict[str, _Part], dict[str, _Part] | None]
             component = get_component(kind, name)
         except (UnknownComponentError, AmbiguousComponentError) as error:
             raise SpecError(f"{path}.{key}", str(error)) from error
-        check_arguments(component, given, path, supplied=frozenset(WIRING_ARGUMENTS) | {"dim"})
+        supplied = frozenset(WIRING_ARGUMENTS) | {"dim"} | (DATA_SIZES if data_sizes and kind == "encoder" else set())
+        check_arguments(component, given, path, supplied=supplied)
         params = {n: p.default for n, p in inspect.signature(component.factory).parameters.items()
                   if p.default is not p.empty}
         return _Part(path, component, given, {**params, **given})
@@ -155,9 +162,16 @@ def _encoder_fit(add, modality: str, part: _Part, info: dict, stats: dict | None
     data = (f"the data's modality {modality!r} has samples "
             f"[{', '.join('T' if size is None else str(size) for size in shape)}]")
     name = part.builtin
+    ids = info.get("dtype") == "int64"  # a dtype: int64 modality: category ids [C] or token ids [T]
+    if ids:
+        data = data.replace("has samples", "has ids")
+        _ids_fit(add, modality, part, info, stats)
+        if name in ("text", "tabular"):
+            return
     if name == "text" and folder:
-        add(f"{part.path}.name", f"encoder text takes strings or integer byte ids, but a data folder gives float32 "
-                                 f"values ({data}); use {_suggestion(shape)}")
+        add(f"{part.path}.name", f"encoder text takes strings or integer byte ids (a sequence with dtype: int64), "
+                                 f"but the data's modality {modality!r} gives float32 values ({data}); "
+                                 f"use {_suggestion(shape)}")
         return
     if name in ENCODER_INPUTS:
         takes, rank = ENCODER_INPUTS[name]
@@ -177,9 +191,9 @@ def _encoder_fit(add, modality: str, part: _Part, info: dict, stats: dict | None
         add(f"{part.path}.num_numeric", f"is {part.said('num_numeric')}, but {data}: {shape[0]} features; "
                                         f"set num_numeric: {shape[0]}")
     if name == "tabular" and folder and part.params.get("categories"):
-        add(f"{part.path}.categories", "takes a dict of numeric and categorical columns, but a data folder gives each "
-                                       "modality as one float32 array; leave categories out (give categorical "
-                                       "columns as numeric features, e.g. one-hot)")
+        add(f"{part.path}.categories", f"is {part.said('categories')}, but the data's modality {modality!r} gives "
+                                       "float32 features, not category ids; leave categories out (category ids are a "
+                                       "modality of their own, dtype: int64, as `mtmm data build` writes them)")
     if len(shape) == 3 and not sequence:
         height, width = shape[1], shape[2]
         size = part.number("image_size")
@@ -201,6 +215,46 @@ def _encoder_fit(add, modality: str, part: _Part, info: dict, stats: dict | None
             add(f"{part.path}.max_len", f"is {part.said('max_len')}, but the data's modality {modality!r} has a "
                                         f"sequence of {longest} frames{where}, longer than max_len; set "
                                         f"{part.path}.max_len to at least {longest} (or shorten the sequences)", row)
+
+
+def _ids_fit(add, modality: str, part: _Part, info: dict, stats: dict | None) -> None:
+    """An encoder against a modality of ids: ``tabular`` needs ``num_numeric: 0`` and ``categories`` equal to
+    the vocabulary sizes; ``text`` byte ids (a vocabulary of at most 257) and ``max_len`` the longest text;
+    a plugin's ``vocab_size`` at least the data's vocabulary."""
+    name, sizes = part.builtin, [int(size) for size in info.get("vocab_sizes") or []]
+    sequence = info.get("kind") == "sequence"
+    what = f"the data's modality {modality!r}"
+    if name == "tabular":
+        if sequence:
+            add(f"{part.path}.name", f"encoder tabular takes features or category ids per sample, but {what} is a "
+                                     "sequence of ids; use text (byte ids) or an encoder for its tokenizer")
+            return
+        if part.number("num_numeric") not in (0, None):
+            add(f"{part.path}.num_numeric", f"is {part.said('num_numeric')}, but {what} holds category ids only "
+                                            "(no numeric features); set num_numeric: 0")
+        given = list(part.params.get("categories") or [])
+        if sizes and given != sizes:
+            add(f"{part.path}.categories", f"is {given}, but {what} has {len(sizes)} category column(s) with "
+                                           f"vocabularies of {sizes} ids (the unknown bucket included); set "
+                                           f"categories: {sizes}")
+        return
+    if name == "text":
+        if not sequence:
+            add(f"{part.path}.name", f"encoder text takes a sequence of ids, but {what} holds category ids; use tabular")
+        elif sizes and sizes[0] > 257:
+            add(f"{part.path}.name", f"encoder text embeds byte ids (a vocabulary of 257), but {what} has a vocabulary "
+                                     f"of {sizes[0]} ids (a tokenizer's); use an encoder made for that tokenizer")
+        max_len = part.number("max_len")
+        longest = (stats or {}).get("longest")
+        if sequence and max_len is not None and longest is not None and longest > max_len:
+            add(f"{part.path}.max_len", f"is {part.said('max_len')}, but {what} has a sequence of {longest} ids "
+                                        f"(sample row {stats['longest_row']}); set {part.path}.max_len to at least "
+                                        f"{longest}", stats["longest_row"])
+        return
+    vocab = part.number("vocab_size")
+    if vocab is not None and sizes and max(sizes) > vocab:
+        add(f"{part.path}.vocab_size", f"is {part.said('vocab_size')}, but {what} has ids up to {max(sizes) - 1}; "
+                                       f"set vocab_size: {max(sizes)}")
 
 
 def _head_fit(add, task: str, part: _Part, info: dict) -> None:
@@ -259,10 +313,16 @@ def check_against_config(path: str | Path, config: Any, overrides: list[str] | N
     else:
         source, config = str(config), load_config(config, overrides)
     model = config.get("model")
-    _model_parts(model)
+    encoders = model.get("encoders") if isinstance(model, dict) else None
+    if not isinstance(encoders, dict) or all(isinstance(e, str) or (isinstance(e, dict) and "name" in e)
+                                             for e in encoders.values()):
+        if encoders is not None or not isinstance(model, dict):
+            _model_parts(model, data_sizes=True)  # a config that cannot be read fails before the folder is scanned
     problems = check_dataset(path, chunk_bytes=chunk_bytes)
     if problems:
         return problems
+    from mtmm_core.data import infer_encoders
     from mtmm_core.userdata import FolderDataset
 
-    return check_model_fit(model, FolderDataset(path, check=False), source=source)
+    dataset = FolderDataset(path, check=False)
+    return check_model_fit(infer_encoders(model, dataset), dataset, source=source)

@@ -24,10 +24,10 @@ from mtmm_core.config import yaml_number
 
 CONFIG_FILE = "dataset.yaml"
 SPLITS = ("train", "validation", "test")
-TOP_KEYS = ("modalities", "tasks", "splits", "description")
+TOP_KEYS = ("modalities", "tasks", "splits", "description", "preprocessing")
 MODALITY_KEYS = {
-    "array": {"required": ("kind", "file"), "optional": ("scale", "present")},
-    "sequence": {"required": ("kind", "values", "offsets"), "optional": ("scale", "present")},
+    "array": {"required": ("kind", "file"), "optional": ("scale", "present", "dtype", "vocab_sizes")},
+    "sequence": {"required": ("kind", "values", "offsets"), "optional": ("scale", "present", "dtype", "vocab_sizes")},
 }
 TASK_KEYS = {
     "classification": {"required": ("kind", "file", "num_classes"), "optional": ()},
@@ -324,6 +324,10 @@ def _check_modality(checker: _Checker, name: str, entry: Any):
     else:
         lengths = _check_sequence(checker, entry, field, float(scale))
         ok = lengths is not None
+    if ok and ("dtype" in entry or "vocab_sizes" in entry):  # ids (docs/data.md): mtmm_core/datacheck_ids.py
+        from mtmm_core.datacheck_ids import check_ids
+
+        ok = check_ids(checker, entry, field, kind)
     present = None
     if "present" in entry:
         present = _check_present(checker, entry, field)

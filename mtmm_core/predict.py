@@ -117,11 +117,25 @@ def predict_arrays(model: MultimodalMultitaskModel, dataset: Any, batch_size: in
 def predict(run_dir: str | Path, data: str, out: str | Path, batch_size: int = 256,
             modalities: list[str] | None = None) -> Path:
     """Write ``out`` (.npz) with :func:`predict_arrays` of the run's best weights on the data set ``data``
-    (a registered name or a data folder); the layout is documented in docs/runs.md."""
+    (a registered name or a data folder); the layout is documented in docs/runs.md. ``data`` may also be
+    a table of new raw rows (.csv, .tsv, .parquet) for a run trained on a built table: its rows are
+    preprocessed as the run's training data was (docs/tables.md), one split ``rows`` whose ``row`` is
+    the table's row, and each classification task also gets ``<task>.class``, the predicted class name."""
     out = check_output_file(out, example="predictions.npz")
     model = load_trained_model(run_dir)
     select_modalities(modalities, model.modalities)  # a bad subset fails before the data loads
-    arrays = predict_arrays(model, load_dataset({"name": data}), batch_size, modalities)
+    from mtmm_core.databuild.build import is_table
+
+    if is_table(data):
+        from mtmm_core.databuild import RowsDataset, run_preprocessing
+
+        preprocessing = run_preprocessing(run_dir)
+        arrays = predict_arrays(model, RowsDataset(data, preprocessing), batch_size, modalities)
+        for task, target in preprocessing["targets"].items():
+            if target["kind"] == "classification" and f"{task}.label" in arrays:
+                arrays[f"{task}.class"] = np.asarray(target["classes"])[arrays[f"{task}.label"]]
+    else:
+        arrays = predict_arrays(model, load_dataset({"name": data}), batch_size, modalities)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as file:  # np.savez would append .npz to a name without it
         np.savez(file, **arrays)

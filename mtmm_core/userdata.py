@@ -88,19 +88,26 @@ class FolderDataset:
                              f"lists them too):\n{listed}")
         spec = yaml.safe_load(resolve_inside(self.root, CONFIG_FILE, CONFIG_FILE).read_text())
         self.description = spec.get("description", "")
+        self.preprocessing = spec.get("preprocessing")  # how `mtmm data build` made it (docs/tables.md), or None
         self._modalities: dict[str, dict[str, Any]] = {}
         self.modalities: dict[str, dict[str, Any]] = {}
         for name, entry in spec["modalities"].items():
             opened = {key: self._load(entry[key], f"modalities.{name}.{key}")
                       for key in ("file", "values", "offsets", "present") if key in entry}
             opened["kind"], opened["scale"] = entry["kind"], float(entry.get("scale", 1.0))
+            opened["ids"] = entry.get("dtype", "float32") == "int64"  # integer ids: [N, C], or [B, T] of a sequence
             self._modalities[name] = opened
             if entry["kind"] == "array":
                 self.modalities[name] = {"kind": "array", "shape": list(opened["file"].shape[1:])}
                 rows = opened["file"].shape[0]
             else:
-                self.modalities[name] = {"kind": "sequence", "shape": [None, int(opened["values"].shape[1])]}
+                width = [] if opened["ids"] else [int(opened["values"].shape[1])]
+                self.modalities[name] = {"kind": "sequence", "shape": [None, *width]}
                 rows = len(opened["offsets"]) - 1
+            if opened["ids"]:
+                self.modalities[name]["dtype"] = "int64"
+                if "vocab_sizes" in entry:
+                    self.modalities[name]["vocab_sizes"] = [int(size) for size in entry["vocab_sizes"]]
         self.num_samples = rows
         self._labels: dict[str, np.ndarray] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
@@ -141,16 +148,24 @@ class FolderDataset:
         inputs, lengths, present, targets, task_masks = {}, {}, {}, {}, {}
         for name, opened in self._modalities.items():
             flags = np.ones(len(rows), dtype=bool)
+            ids = opened["ids"]
             if opened["kind"] == "array":
-                values = _as_float32(_take(opened["file"], rows), opened["scale"])
+                rows_read = _take(opened["file"], rows)
+                values = rows_read.astype(np.int64) if ids else _as_float32(rows_read, opened["scale"])
             else:
                 offsets = opened["offsets"]
                 starts, ends = _take(offsets, rows).astype(np.int64), _take(offsets, rows + 1).astype(np.int64)
                 sizes = ends - starts
                 frames = opened["values"]
-                values = np.zeros((len(rows), max(1, int(sizes.max(initial=0))), frames.shape[1]), dtype=np.float32)
-                for i, (start, size) in enumerate(zip(starts, sizes)):
-                    values[i, :size] = _as_float32(np.asarray(frames[start:start + size]), opened["scale"])
+                longest = max(1, int(sizes.max(initial=0)))
+                if ids:  # [B, T] ids padded with 0
+                    values = np.zeros((len(rows), longest), dtype=np.int64)
+                    for i, (start, size) in enumerate(zip(starts, sizes)):
+                        values[i, :size] = np.asarray(frames[start:start + size, 0])
+                else:
+                    values = np.zeros((len(rows), longest, frames.shape[1]), dtype=np.float32)
+                    for i, (start, size) in enumerate(zip(starts, sizes)):
+                        values[i, :size] = _as_float32(np.asarray(frames[start:start + size]), opened["scale"])
                 lengths[name] = torch.from_numpy(sizes)
                 flags &= sizes > 0
             if "present" in opened:
@@ -210,6 +225,8 @@ def summary_line(summary: dict[str, Any]) -> str:
     for name, info in summary["modalities"].items():
         shape = ", ".join("T" if size is None else str(size) for size in info["shape"])
         extra = f", T {info['lengths'][0]}..{info['lengths'][1]}" if "lengths" in info else ""
+        if info.get("dtype") == "int64":  # ids: their vocabulary sizes
+            extra += ", ids" + (f" < {'/'.join(map(str, info['vocab_sizes']))}" if info.get("vocab_sizes") else "")
         modalities.append(f"{name} ({info['kind']} [{shape}]{extra})")
     tasks = [f"{name} ({info['kind']}" + (f", {info['num_classes']} classes" if "num_classes" in info else "") + ")"
              for name, info in summary["tasks"].items()]

@@ -339,16 +339,10 @@ def binary_labels_of_width(k):
 CONFIG_CASES = {
     "max_len exceeded": (["model.encoders.audio.max_len=3"], None, "model.encoders.audio.max_len",
                          "is 3, but the data's modality 'audio' has a sequence of {longest} frames"),
-    "max_len default exceeded": (drop("model", "encoders", "audio", "max_len"), lambda root: _long_sequence(root, 600),
-                                 "model.encoders.audio.max_len",
-                                 "is 512 (the default), but the data's modality 'audio' has a sequence of 600 frames"),
     "wrong in_features": (["model.encoders.audio.in_features=13"], None, "model.encoders.audio.in_features",
                           "is 13, but the data's modality 'audio' has samples [T, 5]: 5 features; set in_features: 5"),
     "wrong in_channels": (["model.encoders.image.in_channels=3"], None, "model.encoders.image.in_channels",
                           "is 3, but the data's modality 'image' has samples [1, 8, 8]: 1 channel"),
-    "default in_channels": (lambda c: drop("model", "encoders", "image", "in_channels")(c),
-                            lambda root: np.save(root / "image.npy", np.zeros((N, 3, 8, 8), dtype=np.float32)),
-                            "model.encoders.image.in_channels", "is 1 (the default)"),
     "too many cnn stages": (["model.encoders.image.channels=[8, 8, 8, 8]"], None, "model.encoders.image.channels",
                             "has 4 stages, which need images of at least 16x16 pixels"),
     "cnn on a sequence": (["model.encoders.audio={name: cnn}"], None, "model.encoders.audio.name",
@@ -356,19 +350,17 @@ CONFIG_CASES = {
                           "[T, 5]; use sequence_transformer with in_features: 5"),
     "sequence encoder on images": (["model.encoders.image={name: sequence_transformer, in_features: 8}"], None,
                                    "model.encoders.image.name", "takes frames [T, F]"),
-    "patch image_size": (["model.encoders.image={name: patch_transformer, in_channels: 1}"], None,
-                         "model.encoders.image.image_size", "is 32 (the default), but the data's modality 'image' "
+    "patch image_size": (["model.encoders.image={name: patch_transformer, in_channels: 1, image_size: 32}"], None,
+                         "model.encoders.image.image_size", "is 32, but the data's modality 'image' "
                                                             "has samples [1, 8, 8]: images 8x8; set image_size: 8"),
     "text on a folder": (["model.encoders.audio={name: text}"], None, "model.encoders.audio.name",
-                         "a data folder gives float32 values"),
+                         "gives float32 values"),
     "tabular with categories": (["model.encoders.image={name: tabular, num_numeric: 64, categories: [3]}"],
                                 lambda root: np.save(root / "image.npy", np.zeros((N, 64), dtype=np.float32)),
                                 "model.encoders.image.categories", "leave categories out"),
     "tabular width": (["model.encoders.image={name: tabular, num_numeric: 10}"],
                       lambda root: np.save(root / "image.npy", np.zeros((N, 64), dtype=np.float32)),
                       "model.encoders.image.num_numeric", "is 10, but the data's modality 'image' has samples [64]"),
-    "no encoder for a modality": (drop("model", "encoders", "audio"), None, "model.encoders",
-                                  "has no encoder for the data's modality 'audio'"),
     "encoder without data": (["model.encoders.audo={name: sequence_transformer, in_features: 5}"], None,
                              "model.encoders.audo", "the data has no modality 'audo' (its modalities: image, audio); "
                                                     "did you mean 'audio'?"),
@@ -383,6 +375,35 @@ CONFIG_CASES = {
     "tasks left out with [N, K]": ([], binary_labels_of_width(3), "model.tasks",
                                    "is left out, so task 'flag' gets a binary head with 1 output"),
 }
+
+
+# Sizes a config leaves out are inferred from the data (mtmm_core.data.infer_encoders): no problem, and the
+# completed spec holds the data's value. case: (change of the config, change of the folder, encoder, key, value)
+INFERRED_CASES = {
+    "max_len beyond the default": (drop("model", "encoders", "audio", "max_len"), lambda root: _long_sequence(root, 600),
+                                   "audio", "max_len", 600),
+    "in_channels": (drop("model", "encoders", "image", "in_channels"),
+                    lambda root: np.save(root / "image.npy", np.zeros((N, 3, 8, 8), dtype=np.float32)),
+                    "image", "in_channels", 3),
+    "patch image_size": (lambda c: c["model"]["encoders"].update(image={"name": "patch_transformer", "patch_size": 4}),
+                         None, "image", "image_size", 8),
+    "in_features": (drop("model", "encoders", "audio", "in_features"), None, "audio", "in_features", 5),
+    "an encoder left out": (drop("model", "encoders", "audio"), None, "audio", "name", "sequence_transformer"),
+}
+
+
+@pytest.mark.parametrize("case", list(INFERRED_CASES))
+def test_a_size_left_out_is_inferred_from_the_data(folder, case):
+    from mtmm_core.data import infer_encoders
+    from mtmm_core.userdata import FolderDataset
+
+    change, change_folder, modality, key, value = INFERRED_CASES[case]
+    if change_folder is not None:
+        change_folder(folder)
+    config = yaml.safe_load(yaml.safe_dump(FITS))
+    change(config)
+    assert check_against_config(folder, config) == []
+    assert infer_encoders(config["model"], FolderDataset(folder))["encoders"][modality][key] == value
 
 
 def _long_sequence(root, frames):

@@ -79,7 +79,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     predicting = commands.add_parser("predict", help="predictions of a trained run for every sample (.npz)")
     predicting.add_argument("run_dir")
-    predicting.add_argument("--data", required=True, help="a registered data set or a data folder")
+    predicting.add_argument("--data", required=True, help="a registered data set, a data folder, or a table of new "
+                                                          "raw rows (.csv, .parquet) for a run trained on a built table")
     predicting.add_argument("--out", required=True, help="output file (.npz)")
     predicting.add_argument("--modalities", help="comma-separated subset of modalities")
     predicting.set_defaults(run=cmd_predict)

@@ -42,7 +42,8 @@ def _resumed_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _launch_processes(args: argparse.Namespace) -> int:
-    """``mtmm train --nproc N``: run this same command in N processes through torchrun."""
+    """``mtmm train --nproc N``: run this same command in N processes through torchrun (on several machines,
+    start ``torchrun ... -m mtmm_core.cli train`` on each yourself: README, "Several processes or machines")."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main as torchrun
 
@@ -102,7 +103,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.time()
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
-        metrics = Trainer(config, out_dir, resume=bool(args.resume), force=args.force).run()
+        trainer = Trainer(config, out_dir, resume=bool(args.resume), force=args.force)
+        _keep_preprocessing(trainer, out_dir)
+        metrics = trainer.run()
     except TrainingInterrupted as stopped:
         if main_rank:
             print(f"mtmm: {stopped}", file=sys.stderr)
@@ -122,13 +125,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keep_preprocessing(trainer: Any, out_dir: Path) -> None:
+    """A data folder built from a table: copy its preprocessing into the run (docs/tables.md)."""
+    from mtmm_core.databuild.rows import save_run_preprocessing
+
+    save_run_preprocessing(trainer.dataset, out_dir)
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``train`` to the ``mtmm`` parser."""
     training = commands.add_parser("train", help="train a model (default: configs/default.yaml on avdigits)")
     training.add_argument("config", nargs="?", help="a config file, or the name of a shipped config")
     training.add_argument("--set", action="append", metavar="KEY=VALUE",
                           help="override a config value, e.g. --set train.epochs=5 (repeatable)")
-    training.add_argument("--data", help="the data set: a registered name or a data folder (docs/data.md)")
+    training.add_argument("--data", help="the data set: a registered name or a data folder (docs/data.md); "
+                                         "a table needs its schema: --set data.schema=FILE (docs/tables.md)")
     training.add_argument("--out", help="run folder (default runs/<time>)")
     training.add_argument("--resume", metavar="RUN_DIR",
                           help=f"continue an interrupted run (--set may change only {', '.join(RESUMABLE_SETTINGS)})")

@@ -19,8 +19,9 @@ class TabularMLP(nn.Module):
     (``categories[c]`` entries of width ``embedding_dim``) and a shared linear map
     to ``dim`` gives one token per column. A LayerNorm finishes every token.
 
-    ``forward(x, lengths [B] | None)`` takes ``x`` as either a float tensor
-    ``[B, num_numeric]`` (only when ``categories`` is empty) or a dict
+    ``forward(x, lengths [B] | None)`` takes ``x`` as a float tensor
+    ``[B, num_numeric]`` (only when ``categories`` is empty), an integer tensor ``[B, C]`` of
+    categories (only when ``num_numeric`` is 0), or a dict
     ``{"numeric": [B, num_numeric] float, "categorical": [B, C] long}`` (a key may
     be left out when its part has no columns). Returns ``EncoderOutput(tokens
     [B, L, dim], mask [B, L] bool)`` with the numeric token first (left out when
@@ -115,6 +116,8 @@ class TabularMLP(nn.Module):
         self, x: torch.Tensor | Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if isinstance(x, torch.Tensor):
+            if self.categories and self.num_numeric == 0 and not x.is_floating_point():
+                return None, x  # category ids [B, C] alone (a data folder's dtype: int64 array)
             if self.categories:
                 raise ValueError(
                     f"expected a dict with 'categorical' [B, {len(self.categories)}] "
