@@ -105,6 +105,13 @@ def find_breaches(kind: str, name: str, **params: Any) -> Report:
     if component.kind in ("loss", "metric"):
         CHECKS[component.kind](component, report)
         return report
+    required = component.metadata.get("requires")  # an optional package (the pretrained encoders' timm)
+    if required:
+        from mtmm_core.pretrained import extra_available, install_hint
+
+        if not extra_available(required):
+            report.skipped.append(("build", f"needs the optional package {required} ({install_hint(required)})"))
+            return report
     built = _build(component, params, report)
     if built is not None:
         report.check("protocol", isinstance(built, CONTRACTS[component.kind]),

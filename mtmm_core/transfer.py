@@ -7,6 +7,12 @@ A config's optional ``transfer`` section::
       init_prefixes: [encoders.image]  # optional: only tensors under these module prefixes (default: all)
       freeze: [encoders.image]         # optional: these parameters are not trained ...
       unfreeze_at_epoch: 3             # ... until this epoch (1-based); default: never
+      layer_decay: 0.75                # optional: layer-wise learning rates in pretrained backbones
+
+``layer_decay`` (in (0, 1]) scales the learning rate of each parameter of a module that reports its
+layers (``layer_depths()``, as the ``timm`` and ``hf`` encoders do) by ``decay ** (K + 1 - group)``, its
+layer group counted from 0 at the input to ``K`` at the top; every other parameter (projections,
+fusion, heads: the new layers) keeps the full rate. :func:`parameter_groups` gives the optimiser's groups.
 
 A prefix matches a tensor name that equals it or continues it after a dot: ``encoders.image``
 matches ``encoders.image.conv.0.weight``, not ``encoders.image2.weight``.
@@ -15,6 +21,8 @@ matches ``encoders.image.conv.0.weight``, not ``encoders.image2.weight``.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +42,7 @@ class TransferSettings:
     init_prefixes: list[str] = field(default_factory=list)
     freeze: list[str] = field(default_factory=list)
     unfreeze_at_epoch: int | None = None
+    layer_decay: float | None = None
 
 
 def transfer_settings(section: Any) -> TransferSettings:
@@ -66,6 +75,10 @@ def transfer_settings(section: Any) -> TransferSettings:
             raise SpecError("transfer.unfreeze_at_epoch", f"expected an epoch number >= 1, got {epoch!r}")
         if not settings.freeze:
             raise SpecError("transfer.unfreeze_at_epoch", "has no effect without transfer.freeze")
+    decay = settings.layer_decay
+    if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float))
+                              or not math.isfinite(decay) or not 0 < decay <= 1):
+        raise SpecError("transfer.layer_decay", f"expected a number in (0, 1] (e.g. 0.75), got {decay!r}")
     return settings
 
 
@@ -170,3 +183,65 @@ def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[tuple[str, nn.Para
     for _, parameter in frozen:
         parameter.requires_grad_(False)
     return frozen
+
+
+def numbered_layer_depths(names: Sequence[str]) -> dict[str, int]:
+    """Layer groups ``{name: group}`` from parameter names in registration order: a name with
+    ``layer.3.`` (also ``layers``, ``block``, ``blocks``, ``h``, ``stages``) is in group 4; the names
+    before the first numbered layer (embeddings) in group 0, those after the last (final norm, pooler)
+    in group ``N + 1`` for ``N`` numbered layers."""
+    numbered = re.compile(r"(?:^|\.)(?:layer|layers|block|blocks|h|stages)\.(\d+)\.")
+    found = [numbered.search(name) for name in names]
+    last = max([int(match.group(1)) for match in found if match], default=-1)
+    depths, seen_layer = {}, False
+    for name, match in zip(names, found):
+        if match:
+            seen_layer = True
+            depths[name] = int(match.group(1)) + 1
+        else:
+            depths[name] = last + 2 if seen_layer else 0
+    return depths
+
+
+def layer_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """``{parameter name: learning-rate scale}`` for the parameters of the modules of ``model`` that report
+    ``layer_depths()`` (the outermost such module wins): ``decay ** (K + 1 - group)`` with ``K`` that module's
+    top group. Parameters of other modules are not listed (scale 1)."""
+    scales: dict[str, float] = {}
+    claimed: list[str] = []
+    for prefix, module in model.named_modules():
+        reporter = getattr(module, "layer_depths", None)
+        if not callable(reporter) or any(matches(prefix, [outer]) for outer in claimed):
+            continue
+        claimed.append(prefix)
+        depths = reporter()
+        top = max(depths.values(), default=0)
+        for name, group in depths.items():
+            scales[f"{prefix}.{name}" if prefix else name] = decay ** (top + 1 - group)
+    return scales
+
+
+def parameter_groups(model: nn.Module, settings: TransferSettings, lr: float) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: without ``layer_decay`` one group ``{"params"}`` of every parameter
+    (the optimiser's own ``lr``); with it one group per learning-rate scale (:func:`layer_scales`),
+    ``{"params", "lr": lr * scale, "lr_scale": scale}``, the full-rate group first (the rate a trainer logs
+    from group 0). Frozen parameters are included (they get no gradient until unfrozen). A ``layer_decay``
+    on a model with no module reporting layers is a :class:`SpecError`.
+
+    Use: ``torch.optim.AdamW(parameter_groups(model, settings, lr), lr=lr, weight_decay=...)``."""
+    named = list(model.named_parameters())
+    if settings.layer_decay is None:
+        return [{"params": [parameter for _, parameter in named]}]
+    scales = layer_scales(model, float(settings.layer_decay))
+    if not scales:
+        raise SpecError("transfer.layer_decay", "no module of this model reports its layers (layer_depths()); "
+                        "the timm and hf encoders do")
+    unknown = sorted(set(scales) - {name for name, _ in named})
+    if unknown:
+        raise ValueError(f"layer_depths() names parameters the model does not have: {', '.join(unknown[:5])}")
+    by_scale: dict[float, dict[str, Any]] = {}
+    for name, parameter in named:
+        scale = scales.get(name, 1.0)
+        group = by_scale.setdefault(scale, {"params": [], "lr": lr * scale, "lr_scale": scale})
+        group["params"].append(parameter)
+    return [by_scale[scale] for scale in sorted(by_scale, reverse=True)]

@@ -8,10 +8,12 @@ from mtmm_plugins import encoders
 from mtmm_plugins.encoders import (
     ByteTextEncoder,
     ByteTokenizer,
+    HFEncoder,
     ImageCNN,
     ImagePatchTransformer,
     SequenceTransformer,
     TabularMLP,
+    TimmEncoder,
 )
 
 DIM = 32
@@ -227,7 +229,7 @@ def test_bad_configuration_raises_value_error():
         SequenceTransformer(in_features=2, dim=32, heads=3)
 
 
-def test_register_encoders_registers_the_five_built_ins():
+def test_register_encoders_registers_the_seven_built_ins():
     registered = {}
     encoders.register_encoders(lambda name, factory, **metadata: registered.setdefault(name, factory))
     assert registered == {
@@ -236,6 +238,8 @@ def test_register_encoders_registers_the_five_built_ins():
         "sequence_transformer": SequenceTransformer,
         "text": ByteTextEncoder,
         "tabular": TabularMLP,
+        "timm": TimmEncoder,  # the pretrained backbones: listed without their extras (docs/pretrained.md)
+        "hf": HFEncoder,
     }
     for factory in registered.values():
         assert factory.__doc__.strip().splitlines()[0]

@@ -71,3 +71,17 @@ def test_every_python_package_of_the_tree_is_in_the_wheel_list():
     found |= {"mtmm_kernels" + "".join("." + part for part in init.parent.relative_to(root / "kernels").parts)
               for init in (root / "kernels").rglob("__init__.py")}
     assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"
+
+
+def test_the_kernels_source_folder_imported_as_kernels_stands_in_for_mtmm_kernels() -> None:
+    """From the clone's root (on sys.path with ``python -c`` or ``python -m pytest``) ``import kernels``
+    finds the source folder, as transformers' probe for Hugging Face's ``kernels`` does: it must be the
+    installed ``mtmm_kernels``, not a second copy registering the operators again."""
+    import importlib.util
+
+    code = "import kernels, mtmm_kernels, torch; assert kernels is mtmm_kernels; torch.ops.mtmm.cross_modal_attention\n"
+    if importlib.util.find_spec("transformers") is not None:
+        code += "import mtmm_core; from transformers import BertConfig, BertModel; BertModel(BertConfig(hidden_size=8, " \
+                "num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=20))\n"
+    done = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -28,7 +28,7 @@ GOOD_PLUGIN = """
         register("{name}", Doubler, description="{description}")
 """
 
-BUILTIN_COUNTS = {"encoder": 5, "fusion": 8, "head": 4, "architecture": 6}
+BUILTIN_COUNTS = {"encoder": 7, "fusion": 8, "head": 4, "architecture": 6}
 
 
 def good_plugin(name: str = "doubler", description: str = "a test encoder") -> str:
@@ -282,7 +282,7 @@ def test_a_clash_between_two_third_party_distributions_warns_and_stays_ambiguous
 def test_an_unknown_name_lists_the_close_names_of_that_kind():
     with pytest.raises(UnknownComponentError, match=r"unknown fusion 'cross_atention'; did you mean 'cross_attention'"):
         mtmm_core.get_component("fusion", "cross_atention")
-    with pytest.raises(UnknownComponentError, match="Known encoders: cnn, patch_transformer"):
+    with pytest.raises(UnknownComponentError, match="Known encoders: cnn, hf, patch_transformer"):
         mtmm_core.create("encoder", "zzz")
 
 
