@@ -115,16 +115,26 @@ def load_tokenizer(path: str | Path, max_len: int = 512, pad_to_max: bool = Fals
     return TextTokenizer(tokenizer, max_len, pad_to_max)
 
 
+def read_feature_extractor(path: str | Path) -> Any:
+    """The transformers feature extractor saved in the local folder ``path`` (``AutoFeatureExtractor``,
+    local files only, no remote code); a :class:`UsageError` when the folder holds none."""
+    folder = local_folder(path, "feature_extractor", must_hold="preprocessor_config.json")
+    transformers = require("transformers", f"the feature extractor in {folder}")
+    try:
+        return transformers.AutoFeatureExtractor.from_pretrained(str(folder), local_files_only=True,
+                                                                 trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"feature_extractor: {folder} holds no feature extractor transformers can read: "
+                         f"{error}") from error
+
+
 def load_feature_extractor(path: str | Path, sampling_rate: int | None = None
                            ) -> Callable[[Sequence[np.ndarray]], dict[str, np.ndarray]]:
     """The feature extractor saved in the local folder ``path`` (``AutoFeatureExtractor.from_pretrained``)
     as a callable: a list of ``N`` mono waveforms (float ``[samples_i]``, at ``sampling_rate``, default the
     extractor's) -> ``{"input_values" or "input_features": float32 [N, T, ...], "attention_mask": int64 [N, T]}``,
     padded to the longest."""
-    folder = local_folder(path, "feature_extractor", must_hold="preprocessor_config.json")
-    transformers = require("transformers", f"the feature extractor in {folder}")
-    extractor = transformers.AutoFeatureExtractor.from_pretrained(str(folder), local_files_only=True,
-                                                                  trust_remote_code=False)
+    extractor = read_feature_extractor(path)
     rate = sampling_rate or extractor.sampling_rate
 
     def extract(waveforms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

@@ -226,9 +226,9 @@ def test_text_with_a_tokenizer_folder_uses_its_ids_and_vocabulary(tmp_path, monk
         def __len__(self):
             return 1000
 
-        def __call__(self, text, truncation, max_length):
-            assert truncation
-            return {"input_ids": [500 + len(word) for word in text.split()][:max_length]}
+        def __call__(self, texts, truncation, max_length):  # a list of texts, as a transformers tokenizer takes
+            assert truncation and isinstance(texts, list)
+            return {"input_ids": [[500 + len(word) for word in text.split()][:max_length] for text in texts]}
 
     monkeypatch.setitem(decode._TOKENIZERS, "tok", Tokenizer())
     dataset, spec = build(tmp_path, table(t=["a bb ccc"] * 10),

@@ -75,6 +75,7 @@ def build_data(table: Any, schema: str | Path | dict, out: str | Path, *, force:
     frame, base = read_table(table)
     spec = parse_schema(schema, [str(c) for c in frame.columns])
     frame.columns = [str(c) for c in frame.columns]
+    _absolute_folders(spec)
     if len(frame) < 3:
         raise UsageError(f"the table has {len(frame)} row(s); a data folder needs at least one per split")
     codes = split_codes(spec["split"], frame)
@@ -96,6 +97,16 @@ def build_data(table: Any, schema: str | Path | dict, out: str | Path, *, force:
     _check_some_feature(modalities)
     write_folder(out, modalities, labels, targets, codes, preprocessing, spec["description"], force)
     return out
+
+
+def _absolute_folders(spec: dict) -> None:
+    """A ``tokenizer`` or ``feature_extractor`` folder (relative to the working folder) as an absolute path, so
+    that the preprocessing recorded in the folder and in a run reads the same folder from anywhere."""
+    for feature in spec["features"].values():
+        for key in ("tokenizer", "feature_extractor"):
+            folder = Path(feature[key]).expanduser() if feature.get(key) else None
+            if folder is not None and folder.is_dir():
+                feature[key] = str(folder.resolve())
 
 
 def _check_some_feature(modalities: dict[str, preprocess.Encoded]) -> None:

@@ -98,24 +98,42 @@ def byte_ids(text: str, max_len: int) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8")[:max_len], dtype=np.uint8).astype(np.int64) + 1
 
 
-_TOKENIZERS: dict[str, Any] = {}
+_TOKENIZERS: dict[Any, Any] = {}
+
+
+def _cache_key(kind: str, path: str) -> Any:
+    """The cache key of a local folder: its resolved path and its files' sizes and modification times, so
+    that the same relative path in another working folder, or a folder saved again, is read again."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return (kind, path)
+    files = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()))
+    return (kind, str(folder.resolve()), files)
 
 
 def hf_tokenizer(path: str) -> Any:
-    """``transformers.AutoTokenizer.from_pretrained(path)`` of a local folder (loaded once, lazily)."""
-    if path not in _TOKENIZERS:
-        transformers = _needs("transformers", "hf", f"tokenizer {path!r}")
-        if not Path(path).is_dir():
-            raise UsageError(f"tokenizer {path!r}: no such folder; give a local folder holding a Hugging Face "
-                             "tokenizer (tokenizer.json, ...)")
-        _TOKENIZERS[path] = transformers.AutoTokenizer.from_pretrained(path)
-    return _TOKENIZERS[path]
+    """The Hugging Face tokenizer saved in the local folder ``path`` (loaded once per folder, lazily, through
+    :func:`mtmm_core.pretrained.load_tokenizer`: local files only, no remote code)."""
+    if path in _TOKENIZERS:  # a stand-in put there by a test
+        return _TOKENIZERS[path]
+    key = _cache_key("tokenizer", path)
+    if key not in _TOKENIZERS:
+        _needs("transformers", "hf", f"tokenizer {path!r}")
+        from mtmm_core.pretrained import load_tokenizer
+
+        _TOKENIZERS[key] = load_tokenizer(path).tokenizer
+    return _TOKENIZERS[key]
 
 
 def hf_feature_extractor(path: str) -> Any:
-    """``transformers.AutoFeatureExtractor.from_pretrained(path)`` of a local folder (loaded lazily)."""
-    key = f"features:{path}"
+    """The Hugging Face feature extractor saved in the local folder ``path`` (loaded once per folder, lazily,
+    through :func:`mtmm_core.pretrained.read_feature_extractor`)."""
+    if f"features:{path}" in _TOKENIZERS:  # a stand-in put there by a test
+        return _TOKENIZERS[f"features:{path}"]
+    key = _cache_key("features", path)
     if key not in _TOKENIZERS:
-        transformers = _needs("transformers", "hf", f"feature extractor {path!r}")
-        _TOKENIZERS[key] = transformers.AutoFeatureExtractor.from_pretrained(path)
+        _needs("transformers", "hf", f"feature extractor {path!r}")
+        from mtmm_core.pretrained import read_feature_extractor
+
+        _TOKENIZERS[key] = read_feature_extractor(path)
     return _TOKENIZERS[key]

@@ -159,10 +159,12 @@ def apply(name: str, spec: dict, fitted: dict, raw: Raw) -> Encoded:
         return Encoded("array", hot, present=present)
     if kind == "text":
         if spec["tokenizer"]:
-            tokenizer = decode.hf_tokenizer(spec["tokenizer"])
-            pieces = [np.zeros(0, np.int64) if text is None else np.asarray(
-                tokenizer(text, truncation=True, max_length=fitted["max_len"])["input_ids"], dtype=np.int64)
-                for text in raw.values]
+            tokenizer = decode.hf_tokenizer(spec["tokenizer"])  # its own ids, special tokens included
+            given = [text for text in raw.values if text is not None]
+            encoded = iter(tokenizer(given, truncation=True, max_length=fitted["max_len"])["input_ids"]
+                           if given else [])
+            pieces = [np.zeros(0, np.int64) if text is None else np.asarray(next(encoded), dtype=np.int64)
+                      for text in raw.values]
         else:
             pieces = [np.zeros(0, np.int64) if text is None else decode.byte_ids(text, fitted["max_len"])
                       for text in raw.values]

@@ -104,6 +104,8 @@ class HFEncoder(nn.Module):
         self.output, self.pooling, self.max_len = output, pooling, max_len
         self.pad_id = getattr(model_config, "pad_token_id", None)
         self.vocab_size = getattr(model_config, "vocab_size", None)
+        positions = getattr(model_config, "max_position_embeddings", None)
+        self.max_positions = positions if isinstance(positions, int) and positions > 0 else None
         self.tokenizer: TextTokenizer | None = None
         if self.input_name == "input_ids":
             tokenizer_folder = tokenizer or (str(folder) if folder is not None and _holds_tokenizer(folder) else None)
@@ -230,6 +232,13 @@ class HFEncoder(nn.Module):
             valid = ids != self.pad_id
         else:
             valid = self._valid(ids, lengths, given_mask)
+        if self.max_positions is not None and ids.shape[1] > self.max_positions:
+            if valid[:, self.max_positions:].any():
+                longest = int(valid.sum(dim=1).max())
+                raise ValueError(f"got {longest} ids in a sample, but {type(self.backbone).__name__} takes at most "
+                                 f"{self.max_positions} (its max_position_embeddings); cut the texts to that many "
+                                 f"tokens: max_len: {self.max_positions} for a table's text column (docs/tables.md)")
+            ids, valid = ids[:, : self.max_positions], valid[:, : self.max_positions]  # padding only
         if value_checks_enabled() and self.vocab_size:
             bad = valid & ((ids < 0) | (ids >= self.vocab_size))
             if bad.any():
