@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pathlib import Path
+
 import numpy as np
 import torch
-
-from pathlib import Path
 
 from mtmm_core.components import check_arguments, get_component, list_components
 from mtmm_core.errors import SpecError, UnknownComponentError, UsageError
@@ -152,15 +152,17 @@ def infer_encoders(spec: dict[str, Any], dataset: Any) -> dict[str, Any]:
         info = modalities.get(modality)
         if isinstance(entry, str):
             entry = spec["encoders"][modality] = {"name": entry}
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            _absolute_file_params(entry, _file_params(entry["name"]))
         if info is None or not isinstance(entry, dict):
             continue
         if "name" not in entry and default_encoder(info):
             entry["name"] = default_encoder(info)
         try:
-            factory = get_component("encoder", entry.get("name")).factory
+            component = get_component("encoder", entry.get("name"))
         except Exception:  # noqa: BLE001 - an unknown encoder: building the model names it
             continue
-        parameters = inspect.signature(factory).parameters
+        parameters = inspect.signature(component.factory).parameters
         longest = stats.get(modality, {}).get("longest")
         for key, value in data_sizes(info, longest).items():
             if key not in parameters or key in entry:
@@ -170,3 +172,22 @@ def infer_encoders(spec: dict[str, Any], dataset: Any) -> dict[str, Any]:
                 continue  # the default holds the data's longest sequence
             entry[key] = value
     return spec
+
+
+def _file_params(name: str) -> list[str]:
+    """The parameters the encoder ``name`` registered as files or folders (``file_params``); none if unknown."""
+    try:
+        return list(get_component("encoder", name).metadata.get("file_params", ()))
+    except Exception:  # noqa: BLE001 - an unknown encoder: building the model names it
+        return []
+
+
+def _absolute_file_params(entry: dict[str, Any], names: Any) -> None:
+    """Make the encoder ``entry``'s file and folder parameters (its component's ``file_params``, e.g. the
+    ``hf`` encoder's ``path``) absolute where they name an existing relative path, so the run's
+    model.yaml rebuilds the model from any working folder (``load_run``, ``mtmm predict``)."""
+    for name in names or ():
+        value = entry.get(name)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() \
+                and Path(value).expanduser().exists():
+            entry[name] = str(Path(value).expanduser().resolve())

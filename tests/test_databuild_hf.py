@@ -174,6 +174,9 @@ def test_train_with_the_hf_encoder_on_the_built_ids_and_predict_on_raw_rows(buil
     got, want = RowsDataset(tmp_path / "new.csv", preprocessing).read(np.arange(len(frame))), dataset.read(back)
     assert torch.equal(got.inputs["review"], want.inputs["review"])
     assert torch.equal(got.lengths["review"], want.lengths["review"])
+    # and the run's model.yaml names the BERT folder absolutely: the run loads and predicts from here too
+    again = mtmm_core.load_run(tmp_path / "run").predict(str(tmp_path / "new.csv"))
+    np.testing.assert_allclose(again["price"], raw["price"], rtol=1e-6, atol=1e-6)
 
 
 def test_ids_past_the_models_positions_fail_naming_max_len(built):

@@ -31,7 +31,7 @@ def register_encoders(register):
     register("text", ByteTextEncoder)
     register("tabular", TabularMLP, example_params={"num_numeric": 3, "categories": [4, 2]})
     # Pretrained backbones: listed without their extras, which they import only when built.
-    register("timm", TimmEncoder, requires="timm", example_params={"model_name": "resnet18"})
-    register("hf", HFEncoder, requires="transformers", example_params={"config": {
+    register("timm", TimmEncoder, requires="timm", file_params=["pretrained"], example_params={"model_name": "resnet18"})
+    register("hf", HFEncoder, requires="transformers", file_params=["path"], example_params={"config": {
         "model_type": "bert", "vocab_size": 100, "hidden_size": 16, "num_hidden_layers": 2,
         "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 32}})
