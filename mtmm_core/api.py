@@ -124,9 +124,6 @@ def train(config: str | Path | Mapping[str, Any] | None = None, *, out: str | Pa
         merged = load_config(config, extra)
         out_dir = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     trainer = Trainer(merged, out_dir, resume=resume is not None, force=force, on_epoch_end=on_epoch_end)
-    from mtmm_core.databuild.rows import save_run_preprocessing
-
-    save_run_preprocessing(trainer.dataset, out_dir)  # a data folder built from a table (docs/tables.md)
     metrics = trainer.run()
     return Run(path=out_dir, config=merged, model=trainer.model.eval(), history=_read_history(out_dir),
                test_metrics=metrics)

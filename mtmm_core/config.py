@@ -62,6 +62,11 @@ class TrainSettings:
     threads: int = 0  # CPU threads of torch; 0 = OMP_NUM_THREADS if set, else this process's share of its cores
     log_every: int = 10  # steps between reads of the losses on the host (progress, finiteness check, stop vote)
     compile: bool = False  # torch.compile the forward pass and the losses of each training step
+    strategy: str = "ddp"  # several processes: "ddp" (DistributedDataParallel) or "fsdp" (FSDP2 fully_shard)
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32", "bf16", "fp16" (CUDA)
+    grad_accumulation: int = 1  # micro-batches per optimiser step; train.batch_size stays the step's global batch
+    workers: int = 0  # processes loading training batches ahead (mtmm_core.loader); 0 = in the training process
+    prefetch: int = 2  # batches each loader worker loads ahead (with workers > 0)
 
 
 # The ranges train_settings() enforces (README.md, "Train"): key -> (lowest, highest, note); None = unbounded.
@@ -77,6 +82,14 @@ TRAIN_RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "collective_timeout": (1, None, " (seconds)"),
     "threads": (0, None, " (0 chooses from the cores this process may use)"),
     "log_every": (1, None, " (steps)"),
+    "workers": (0, None, " (loader processes; 0 loads batches in the training process)"),
+    "prefetch": (1, None, " (batches each loader worker loads ahead)"),
+    "grad_accumulation": (1, None, " (micro-batches per optimiser step)"),
+}
+#: The named choices train_settings() enforces: key -> valid values (docs/distributed.md).
+TRAIN_CHOICES: dict[str, tuple[str, ...]] = {
+    "strategy": ("ddp", "fsdp"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 
 
@@ -287,8 +300,21 @@ def train_settings(section: dict[str, Any]) -> TrainSettings:
     elif settings.lr > 1:
         warnings.warn(f"train.lr {settings.lr} is unusually large for AdamW (typical: 1e-4 to 1e-2); "
                       "the loss will likely diverge", ConfigWarning, stacklevel=2)
+    for key, choices in TRAIN_CHOICES.items():
+        value = getattr(settings, key)
+        if value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(f"train.{key}", f"unknown value {value!r}{hint}; valid: {', '.join(choices)}")
     _check_monitor(settings.monitor)
     check_device(settings.device)
+    if settings.precision == "fp16" and settings.device.partition(":")[0] in ("cpu", "mps", "xpu"):
+        raise SpecError("train.precision", f"'fp16' needs a CUDA GPU, and train.device is {settings.device!r}: "
+                        "float16 autocast with loss scaling is a GPU technique. Use 'bf16' (bfloat16 autocast, "
+                        "no loss scaling, works on the CPU) or 'fp32'")
+    if settings.grad_accumulation > settings.batch_size:
+        raise SpecError("train.grad_accumulation", f"{settings.grad_accumulation} micro-batches cannot be cut "
+                        f"from a batch of train.batch_size {settings.batch_size}; use at most that many")
     return settings
 
 

@@ -1,12 +1,10 @@
-"""Data-parallel training with ``torch.distributed``, launched by ``torchrun`` (or ``mtmm train --nproc N``).
+"""The process group of data-parallel training, launched by ``torchrun`` (or ``mtmm train --nproc N``).
 
-Every rank holds a full model, reads its own share of each global batch, and after the
-backward pass the gradients of all parameters are averaged across ranks with one
-all-reduce per parameter. That keeps every rank's model identical without wrapping
-it in ``DistributedDataParallel``: loss weightings own learnable parameters that live
-outside the model's forward pass, and gradient-level weightings run their own
-backward passes, neither of which DDP's reducer accepts. Outside ``torchrun`` every
-function here is a no-op for a single process.
+Every rank reads its own share of each global batch; :mod:`mtmm_core.strategy` wraps the model in
+``DistributedDataParallel`` or shards it with FSDP2 (``train.strategy``), which reduce the gradients.
+This module joins the group, broadcasts rank 0's initial weights, and holds the few collectives the
+trainer itself needs (loss means, the stop vote, agreement on errors, RNG states). Outside
+``torchrun`` every function here is a no-op for a single process.
 
 Faults end every process instead of hanging: a collective that does not complete within
 ``train.collective_timeout`` seconds raises on the ranks still running, which then name
@@ -23,7 +21,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -123,19 +121,6 @@ def broadcast_parameters(module: torch.nn.Module, context: Context) -> None:
     if context.active:
         for tensor in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(tensor.data, src=0)
-
-
-def average_gradients(parameters: Iterable[torch.nn.Parameter], context: Context) -> None:
-    """Replace each parameter's gradient by its mean over the ranks (a missing gradient counts as 0)."""
-    if not context.active:
-        return
-    for parameter in parameters:
-        if not parameter.requires_grad:
-            continue
-        if parameter.grad is None:
-            parameter.grad = torch.zeros_like(parameter)
-        dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
-        parameter.grad /= context.world_size
 
 
 def sum_across(tensor: torch.Tensor, context: Context) -> torch.Tensor:

@@ -15,6 +15,10 @@ describe the same moment of training, whatever happens to the process:
   can finish or undo an interrupted commit: log lines past the checkpoint's epoch are
   dropped, a missing line is restored, a pending ``best.pt`` from the committed epoch is
   moved into place and one from an uncommitted epoch is deleted, stale temporaries go.
+* **Sharded checkpoints** (``train.strategy: fsdp``): the model and optimiser are a folder
+  ``sharded-<epoch>-<step>-<token>`` that every process writes (:func:`~mtmm_core.checkpoint.save_sharded`,
+  itself atomic) before ``last.pt`` names it; once ``last.pt`` is renamed into place the folders it does not
+  name are deleted, and :meth:`RunFolder.recover` deletes any left by a crash between the two.
 * **Disk full** (any ``OSError`` while committing) is a :class:`RunError` naming the path;
   ``metrics.jsonl`` is cut back to its previous length and the previous ``last.pt`` stays.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -118,6 +123,7 @@ class RunFolder:
 
     def start(self, config_text: str, model_text: str) -> None:
         """Write the run's ``config.yaml``, ``model.yaml`` and an empty log, replacing an old run's files."""
+        self.prune_sharded(keep=None)
         for name in OWN_FILES:
             path = self.root / name
             if path.is_dir():
@@ -134,6 +140,7 @@ class RunFolder:
     def save_step(self, state: dict[str, Any]) -> None:
         """Replace ``last.pt`` by ``state`` (a step boundary inside an epoch: no log line, no best)."""
         self._guarded(lambda: save_checkpoint(state, self.root / "last.pt"), self.root / "last.pt")
+        self.prune_sharded(keep=state.get("sharded"))
 
     def commit_epoch(self, state: dict[str, Any], record: dict[str, Any], best_model: dict | None) -> None:
         """Make the epoch visible: its log line ``record``, ``best.pt`` (when ``best_model``) and ``last.pt``.
@@ -157,6 +164,7 @@ class RunFolder:
             raise
         if best_model is not None:
             os.replace(self.root / "best.pt.pending", self.root / "best.pt")
+        self.prune_sharded(keep=state.get("sharded"))
 
     def recover(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         """Finish or undo an interrupted commit; returns the state in ``last.pt`` (None before the first one)."""
@@ -172,12 +180,21 @@ class RunFolder:
             else:
                 pending.unlink()
         self._reconcile_log(epoch, state.get("log_record") if state else None)
+        self.prune_sharded(keep=state.get("sharded") if state else None)
         return state
+
+    def prune_sharded(self, keep: str | None) -> None:
+        """Delete the sharded checkpoint folders (and their temporaries) other than ``keep``, the one
+        ``last.pt`` names."""
+        for path in [*self.root.glob("sharded-*"), *self.root.glob(".sharded-*.tmp")]:
+            if path.is_dir() and path.name != keep:
+                shutil.rmtree(path, ignore_errors=True)
 
     def remove_temporaries(self) -> None:
         """Delete ``.last.pt.*.tmp``-style files left by a process killed while writing."""
         for path in self.root.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
+            if not path.is_dir():  # a sharded checkpoint's temporary folder goes in prune_sharded
+                path.unlink(missing_ok=True)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _reconcile_log(self, epoch: int, committed_line: str | None) -> None:

@@ -13,22 +13,23 @@ is loaded (:func:`~mtmm_core.evaluation.check_batch`), the step runs with the mo
 checks off (``value_checks(False)``), and the per-task loss sums and present-counts accumulate
 on the device. They are read back every ``train.log_every`` steps and at the end of the epoch
 (the progress bar, the check for a non-finite loss, and under torchrun the stop vote).
+
+Under torchrun, ``train.strategy`` wraps the model in DDP or shards it with FSDP2, and ``train.precision``
+and ``train.grad_accumulation`` shape each step (:mod:`mtmm_core.strategy`, :mod:`mtmm_core.precision`,
+docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import random
 import signal
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import yaml
 
@@ -37,76 +38,35 @@ from mtmm_core.checkpoint import load_checkpoint
 from mtmm_core.config import ConfigWarning, TrainSettings
 from mtmm_core.data import complete_model_spec, load_dataset
 from mtmm_core.data_fit import require_model_fit
-from mtmm_core.errors import RunError, UsageError
+from mtmm_core.databuild.rows import save_run_preprocessing
+from mtmm_core.errors import RunError, SpecError, UsageError
 from mtmm_core.contracts import Batch
 from mtmm_core.evaluation import check_batch, evaluate, is_better, to_device
 from mtmm_core.interrupts import StopSignals, TrainingInterrupted
+from mtmm_core.loader import StepBatch, StepLoader
 from mtmm_core.model import ModelOutput, MultimodalMultitaskModel, value_checks
 from mtmm_core.progress import EpochProgress, epoch_summary, run_header, terminal_width
+from mtmm_core.resume import restore, resume_state
 from mtmm_core.run_folder import RunFolder
+from mtmm_core.run_setup import (TensorBoardLog, choose_device, cpu_threads, seed_everything,  # noqa: F401
+                                 tensorboard_writer_class, warmup_cosine)
 from mtmm_core.spec import build_model
-from mtmm_core.transfer import freeze, load_weights, transfer_settings
-from mtmm_core.weighting import call_with_present, weighted_backward, weighted_total
+from mtmm_core.transfer import freeze, load_weights, parameter_groups, transfer_settings
+from mtmm_core.precision import Precision
+from mtmm_core.strategy import Strategy, split_batch
+from mtmm_core.weighting import call_with_present, is_gradient_level, weighted_backward, weighted_total
 
 
 class NonFiniteLossError(RunError, FloatingPointError):
     """A task's loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def choose_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def cpu_threads(requested: int) -> int:
-    """Torch's CPU thread count: ``requested`` when > 0; else ``OMP_NUM_THREADS`` when set; else the
-    cores this process may run on (``os.sched_getaffinity``: a container's or ``taskset``'s limit, not the
-    machine's) shared among the processes on this machine (torchrun's ``LOCAL_WORLD_SIZE``)."""
-    if requested > 0:
-        return requested
-    configured = os.environ.get("OMP_NUM_THREADS", "")
-    if configured.isdigit() and int(configured) > 0:
-        return int(configured)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
-    return max(1, cores // max(1, int(local) if local.isdigit() else 1))
-
-
-def warmup_cosine(total_steps: int, warmup_fraction: float):
-    """LR multiplier: linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to 0."""
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def forward_and_losses(model: MultimodalMultitaskModel, batch: Batch) -> tuple[ModelOutput, torch.Tensor]:
-    """The model's output on ``batch`` and its per-task losses ``[T]``: what ``train.compile`` compiles."""
-    output = model(batch.inputs, batch.lengths, batch.present)
+def forward_and_losses(model: MultimodalMultitaskModel, batch: Batch,
+                       network: torch.nn.Module | None = None) -> tuple[ModelOutput, torch.Tensor]:
+    """The model's output on ``batch`` and its per-task losses ``[T]``: what ``train.compile`` compiles.
+    ``network`` runs the forward pass when given (the model wrapped in DDP; FSDP2 shards it in place)."""
+    output = (network or model)(batch.inputs, batch.lengths, batch.present)
     return output, model.task_losses(output, batch.targets, batch.task_masks)
-
-
-def tensorboard_writer_class() -> Any:
-    """``torch.utils.tensorboard.SummaryWriter`` when the tensorboard package is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter
 
 
 class Trainer:
@@ -153,20 +113,33 @@ class Trainer:
                   file=sys.stderr)
         distributed.broadcast_parameters(self.model, self.context)
         torch.manual_seed(self.settings.seed + 1_000_003 * self.context.rank)  # own dropout draws per rank
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.settings.lr,
-                                           weight_decay=self.settings.weight_decay)
+        # train.precision (autocast, fp16's GradScaler) and train.strategy (DDP or FSDP2 under torchrun; nothing
+        # for one process): self.strategy.network is what the forward pass calls.
+        self.precision = Precision(self.settings.precision, self.device, is_gradient_level(self.model.weighting))
+        self.strategy = Strategy(self.settings.strategy, self.model, self.context, self.device, self.precision)
+        current = dict(self.model.named_parameters())  # FSDP2 replaced them with sharded ones
+        self.frozen = [(name, current[name]) for name, _ in self.frozen]
+        # transfer.layer_decay: lower rates for a pretrained backbone's early layers (one group otherwise)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, self.transfer, self.settings.lr),
+                                           lr=self.settings.lr, weight_decay=self.settings.weight_decay)
         train_rows = len(self.dataset.splits["train"])
         if self.settings.batch_size > train_rows and self.context.is_main and not read_only:
             warnings.warn(f"train.batch_size {self.settings.batch_size} is larger than the training split "
                           f"({train_rows} samples); each step uses the whole split", ConfigWarning, stacklevel=2)
         self.steps_per_epoch = math.ceil(train_rows / self.settings.batch_size)
+        smallest = (train_rows - 1) % self.settings.batch_size + 1  # the rows of the epoch's last step
+        if smallest // self.context.world_size < self.settings.grad_accumulation and not read_only:
+            raise SpecError("train.grad_accumulation", f"{self.settings.grad_accumulation} micro-batches need as many "
+                            f"rows on each of the {self.context.world_size} process(es) in every step, and the "
+                            f"epoch's last step has {smallest} rows ({train_rows} samples in steps of "
+                            f"train.batch_size {self.settings.batch_size}); lower it or change train.batch_size")
         total_steps = self.steps_per_epoch * self.settings.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total_steps, self.settings.warmup_fraction))
         self.epoch, self.step_in_epoch, self.best, self.stale_epochs = 0, 0, None, 0
         self.best_epoch: int | None = None
         self._epoch_started = time.perf_counter()
-        self._tensorboard: Any = None  # created on the first epoch's log, False when unavailable
+        self._tensorboard = TensorBoardLog(self.out_dir / "tensorboard", tensorboard_writer_class)
         # The epoch's per-task loss sums and present-counts stay on the device (float64 where it has it),
         # updated by every step and read every train.log_every steps; last.pt holds a CPU copy.
         self._sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
@@ -176,6 +149,7 @@ class Trainer:
         self._stop_votes = torch.zeros(1, dtype=self._sum_dtype, device=self.device)  # ranks asked to stop (torchrun)
         self._first_bad = torch.zeros(len(self.model.tasks), dtype=torch.long, device=self.device)  # see _step
         self._read_at = 0  # the step_in_epoch of the last read of the losses
+        self._loader: StepLoader | None = None  # the training batches' loader (train.workers), made on first use
         self._forward_and_losses = torch.compile(forward_and_losses) if self.settings.compile else forward_and_losses
         self._open_run_folder(resume, force)
 
@@ -224,13 +198,13 @@ class Trainer:
     def close(self) -> None:
         """Release the run folder (its lock) and the TensorBoard writer; ``run()`` does this at its end."""
         self.folder.unlock()
-        if self._tensorboard:
-            self._tensorboard.close()
-            self._tensorboard = None
+        self._tensorboard.close()
+        if self._loader is not None:  # the training batches' worker processes
+            self._loader.close()
+            self._loader = None
 
     def _train_epoch(self) -> None:
         settings, split = self.settings, self.dataset.splits["train"]
-        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(settings.seed * 100_003 + self.epoch))
         self._epoch_started = time.perf_counter()
         progress = EpochProgress(settings.progress and self.context.is_main, f"epoch {self.epoch + 1}/{settings.epochs}",
                                  total=len(split), done=min(len(split), self.step_in_epoch * settings.batch_size))
@@ -238,65 +212,89 @@ class Trainer:
                 and self.epoch + 1 >= self.transfer.unfreeze_at_epoch and not self.frozen[0][1].requires_grad):
             for _, parameter in self.frozen:
                 parameter.requires_grad_(True)
+            self.strategy.rewrap()  # DDP fixes the parameters it reduces when it is built
             if self.context.is_main:
                 print(f"epoch {self.epoch + 1}: unfroze {len(self.frozen)} parameter tensors under "
                       f"{', '.join(self.transfer.freeze)}", file=sys.stderr)
         self.model.train()
         self._read_at = self.step_in_epoch
         self._first_bad.zero_()
-        for step in range(self.step_in_epoch, self.steps_per_epoch):
-            global_rows = order[step * settings.batch_size:(step + 1) * settings.batch_size].numpy()
-            rows = global_rows[self.context.rank::self.context.world_size]  # this rank's share
-            batch = self._load_batch(split, rows)
+        for loaded in self._train_batches(split):  # steps step_in_epoch.. of the epoch, this rank's rows
+            batch = self._load_batch(loaded)
             with value_checks(False):  # the batch was checked on the host: the step reads nothing back
                 self._step(batch)
-            self.step_in_epoch = step + 1
+            self.step_in_epoch = loaded.step + 1
             stopping = not self.context.active and self.signals.received is not None  # one process: at once
             if stopping or self.step_in_epoch % settings.log_every == 0 or self.step_in_epoch == self.steps_per_epoch:
                 means, stop_voted = self._read_losses()
-                progress.update(len(global_rows), dict(zip(self.model.tasks, means)))
+                progress.update(loaded.size, dict(zip(self.model.tasks, means)))
                 stopping = stopping or stop_voted
             else:
-                progress.update(len(global_rows))
+                progress.update(loaded.size)
             if stopping:
                 progress.close()
                 self._stop_at_boundary(save=True)
         progress.close()
 
-    def _load_batch(self, split: Any, rows: Any) -> Batch:
-        """The training batch of ``rows``: its values checked on the host (:func:`check_batch`), then copied
-        to the device without waiting (``non_blocking``)."""
-        batch = split.batch(rows)
-        check_batch(self.model, batch)
-        return to_device(batch, self.device, tasks=self.model.tasks)
+    def _train_batches(self, split: Any) -> Iterator[StepBatch]:
+        """This rank's batches of the epoch from ``step_in_epoch`` on, in step order: step ``s`` takes the ``s``-th
+        ``train.batch_size`` rows of the epoch's shuffled order, this rank every ``world_size``-th of them.
+        ``train.workers`` processes load them ahead (:mod:`mtmm_core.loader`); they serve every epoch."""
+        if self._loader is None:
+            self._loader = StepLoader(split, batch_size=self.settings.batch_size, seed=self.settings.seed,
+                                      rank=self.context.rank, world_size=self.context.world_size,
+                                      workers=self.settings.workers, prefetch=self.settings.prefetch,
+                                      device=self.device)
+        return self._loader.epoch(self.epoch, start=self.step_in_epoch)
+
+    def _load_batch(self, loaded: StepBatch) -> Batch:
+        """A loaded training batch, its values checked on the host (:func:`check_batch`; in this process, where
+        the model is, not in a loader worker), then copied to the device without waiting (``non_blocking``)."""
+        check_batch(self.model, loaded.batch)
+        return to_device(loaded.batch, self.device, tasks=self.model.tasks)
 
     def _step(self, batch: Batch) -> None:
         """One optimisation step on a checked batch: forward, losses, backward, optimiser, the weighting's
         after-step. No host synchronisation (tests/test_sync_free.py): the losses and present-counts are
         added to the epoch's sums on the device, and the stop vote (torchrun) stays there until read."""
-        settings = self.settings
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            output, losses = self._forward_and_losses(self.model, batch)
-            losses = self._global_mean(losses)
-        present = self._vote(self.model.labelled_tasks(output, batch.targets, batch.task_masks))
-        regularization = self.model.regularization()
+        settings, strategy, precision = self.settings, self.strategy, self.precision
+        parts = split_batch(batch, settings.grad_accumulation)  # [(micro-batch, its share of the rows)]
         self.optimizer.zero_grad(set_to_none=True)
-        self._backward(losses, output, regularization, present)
-        distributed.average_gradients(self.model.parameters(), self.context)
+        loss_sum = count = regularization = None
+        for index, (part, share) in enumerate(parts):
+            with strategy.sync_gradients(index == len(parts) - 1):  # reduce across ranks on the last one only
+                with precision.autocast():
+                    output, losses = self._forward_and_losses(self.model, part, strategy.network)
+                    losses = self._global_mean(losses)
+                present = self._vote(self.model.labelled_tasks(output, part.targets, part.task_masks))
+                regularization = self.model.regularization()
+                self._backward(losses, output, regularization, present, share)
+            with torch.no_grad():  # per task: the sum of its micro-batch losses where present, and their count
+                kept = torch.where(present, losses.detach().to(self._sum_dtype), 0.0)
+                loss_sum = kept if loss_sum is None else loss_sum + kept
+                count = present.to(self._sum_dtype) if count is None else count + present.to(self._sum_dtype)
+        if len(parts) > 1 and is_gradient_level(self.model.weighting):  # each micro-batch added a whole gradient
+            for parameter in self.model.parameters():
+                if parameter.grad is not None:
+                    parameter.grad.mul_(1.0 / len(parts))
+        strategy.after_backward()  # the weighting's own parameters, which DDP and FSDP leave out
         if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
-        self.optimizer.step()
+            precision.unscale(self.optimizer)
+            strategy.clip_gradients(settings.grad_clip)
+        precision.step(self.optimizer)
         self.scheduler.step()
+        present = count > 0
+        step_losses = loss_sum / count.clamp_min(1)
         if hasattr(self.model.weighting, "after_step"):  # e.g. FAMO: the losses after the update
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                 enabled=self.device.type == "cuda"):
-                _, after_losses = self._forward_and_losses(self.model, batch)
-                call_with_present(self.model.weighting.after_step, self._global_mean(after_losses), present)
+            with torch.no_grad(), precision.autocast():
+                after = [self._global_mean(self._forward_and_losses(self.model, part)[1]) for part, _ in parts]
+                after_losses = after[0] if len(parts) == 1 else sum(a * share for a, (_, share) in zip(after, parts))
+                call_with_present(self.model.weighting.after_step, after_losses, present)
         with torch.no_grad():  # each task's mean runs over the steps where it had labels; masks replace
-            self.epoch_loss_sums += torch.where(present, losses.detach().to(self._sum_dtype), 0.0)
+            self.epoch_loss_sums += torch.where(present, step_losses, 0.0)
             self.epoch_present_counts += present.to(self._sum_dtype)
             # the step at which each task's loss first became NaN or infinite (0: not yet), for the message
-            bad = present & ~torch.isfinite(losses.detach()) & (self._first_bad == 0)
+            bad = present & ~torch.isfinite(step_losses) & (self._first_bad == 0)
             self._first_bad.masked_fill_(bad, self.step_in_epoch + 1)
             if regularization is not None:
                 self.epoch_regularization_sum = self.epoch_regularization_sum + regularization.detach()
@@ -339,7 +337,7 @@ class Trainer:
         """Save ``last.pt`` at this step boundary (unless the epoch's commit just did) and raise
         :class:`TrainingInterrupted`; every rank calls this at the same step."""
         if save:
-            state = self._resume_state()
+            state = resume_state(self)
             if self.context.is_main:
                 with self.signals.saving():
                     self.folder.save_step(state)
@@ -359,11 +357,14 @@ class Trainer:
         return self.epoch_loss_sums / self.epoch_present_counts.clamp_min(1)
 
     def _backward(self, losses: torch.Tensor, output: Any, regularization: torch.Tensor | None = None,
-                  present: torch.Tensor | None = None) -> None:
+                  present: torch.Tensor | None = None, share: float = 1.0) -> None:
         """Backpropagate the weighted task losses plus the architecture's regularization (if any).
 
         A gradient-level weighting combines the task gradients only; the regularization's
-        gradient is then accumulated on top, unweighted.
+        gradient is then accumulated on top, unweighted (under DDP that second backward adds to the
+        reduced gradients without a reduction of its own: the regularization is the same on every rank).
+        ``share``: this micro-batch's share of the step's rows (``train.grad_accumulation``), which scales
+        a loss-level total; fp16 scales it by the GradScaler's factor too.
         """
         weighting = self.model.weighting
         if getattr(weighting, "gradient_level", False):
@@ -374,7 +375,9 @@ class Trainer:
             total = weighted_total(weighting, losses.float(), present)
             if regularization is not None:
                 total = total + regularization
-            total.backward()
+            if share != 1.0:
+                total = total * share
+            self.precision.scale(total).backward()
 
     def _check_finite(self, sums: torch.Tensor, first_bad: torch.Tensor) -> None:
         """Stop on a NaN or infinite task loss. ``sums`` ``[T]``: the epoch's loss sums; ``first_bad`` ``[T]``: the
@@ -427,16 +430,17 @@ class Trainer:
         }
         if hasattr(self.model.architecture, "regularization"):  # e.g. soft_sharing's coupling penalty
             record["regularization"] = regularization
-        state = self._resume_state()  # every rank takes part: it gathers their RNG states
+        state = resume_state(self)  # every rank takes part: it gathers their RNG states (and writes its shard)
+        best_model = self.strategy.full_model_state() if improved else None  # FSDP: gathered on rank 0
         error: RunError | None = None
         if self.context.is_main:
             with self.signals.saving():  # the log line, best.pt and last.pt appear together or not at all
                 try:
-                    self.folder.commit_epoch(state, record, self.model.state_dict() if improved else None)
+                    self.folder.commit_epoch(state, record, best_model)
                 except RunError as caught:
                     error = caught
             if error is None:
-                self._log_tensorboard(record)
+                self._tensorboard.log(record)
                 print(epoch_summary(self.epoch, self.settings.epochs, record["train"], validation,
                                     self.settings.monitor, improved, time.perf_counter() - self._epoch_started,
                                     terminal_width()), file=sys.stderr)
@@ -455,29 +459,11 @@ class Trainer:
                      if self.best is not None else "it was never a number"), file=sys.stderr)
         return stop
 
-    def _log_tensorboard(self, record: dict[str, Any]) -> None:
-        """Mirror an epoch's record to TensorBoard in ``RUN_DIR/tensorboard`` when tensorboard is installed."""
-        if self._tensorboard is None:
-            writer_class = tensorboard_writer_class()
-            if writer_class is None:
-                self._tensorboard = False
-                return
-            self._tensorboard = writer_class(log_dir=str(self.out_dir / "tensorboard"))
-        if self._tensorboard is False:
-            return
-        for section in ("train", "validation", "task_weights"):
-            for key, value in record[section].items():
-                self._tensorboard.add_scalar(f"{section}/{key}", value, record["epoch"])
-        self._tensorboard.add_scalar("lr", record["lr"], record["epoch"])
-        if "regularization" in record:
-            self._tensorboard.add_scalar("regularization", record["regularization"], record["epoch"])
-        self._tensorboard.flush()
-
     def test(self, modalities: list[str] | None = None, write: bool = True) -> dict[str, float]:
         """Metrics of the best weights on the test split (written to ``test_metrics.json`` when ``write``)."""
         distributed.barrier(self.context)
         if (self.out_dir / "best.pt").is_file():
-            self.model.load_state_dict(load_checkpoint(self.out_dir / "best.pt", self.device)["model"])
+            self.strategy.load_full_model_state(load_checkpoint(self.out_dir / "best.pt", self.device)["model"])
         metrics = evaluate(self.model, self.dataset.splits["test"], self.device, self.settings.eval_batch_size,
                            modalities, self.context)
         if write and self.context.is_main:
@@ -501,6 +487,7 @@ class Trainer:
                     self.folder.check_new(force)
                     self.folder.start(yaml.safe_dump(self.config, sort_keys=False),
                                       yaml.safe_dump(self.model_spec, sort_keys=False))
+                    save_run_preprocessing(self.dataset, self.out_dir)  # a table's (docs/tables.md), or none
             except BaseException as caught:
                 self.folder.unlock()
                 if not isinstance(caught, Exception):
@@ -509,51 +496,9 @@ class Trainer:
         if distributed.agree(error is not None, self.context):
             raise error or RunError(f"rank 0 could not open the run folder {self.out_dir}; its error says why")
         if resume:
-            self._restore(state if state is not None else
+            restore(self, state if state is not None else
                           load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
             if self.context.is_main and not self.read_only:
                 where = (f"epoch {self.epoch + 1}/{self.settings.epochs}, step {self.step_in_epoch}"
                          if self.step_in_epoch else f"the start of epoch {self.epoch + 1}/{self.settings.epochs}")
                 print(f"resuming {self.out_dir} at {where}", file=sys.stderr)
-
-    def _resume_state(self) -> dict[str, Any]:
-        """Everything ``last.pt`` holds to continue from this step boundary (every rank calls it: it
-        gathers each rank's RNG state; only rank 0's copy is written)."""
-        rng_states = distributed.gather(torch.get_rng_state(), self.context)
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "epoch_loss_sums": self.epoch_loss_sums.cpu(),
-            "epoch_present_counts": self.epoch_present_counts.cpu(),
-            "epoch_regularization_sum": self.epoch_regularization_sum,
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "stale_epochs": self.stale_epochs,
-            "torch_rng": rng_states,  # one per rank
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.epoch_loss_sums = state["epoch_loss_sums"].to(self.device, self._sum_dtype)
-        self.epoch_present_counts = state.get(  # checkpoints before absent tasks were counted: every step counted
-            "epoch_present_counts", torch.full_like(self.epoch_loss_sums, float(self.step_in_epoch))
-        ).to(self.device, self._sum_dtype)
-        self.epoch_regularization_sum = state["epoch_regularization_sum"]
-        self.best, self.stale_epochs = state["best"], state["stale_epochs"]
-        self.best_epoch = state.get("best_epoch")
-        rng_states = state["torch_rng"]
-        if self.read_only:  # evaluating: no random draws to continue, any number of processes will do
-            return
-        if len(rng_states) != self.context.world_size:
-            raise ValueError(f"{self.out_dir} was trained by {len(rng_states)} processes; resume it with as many "
-                             f"(this run has {self.context.world_size})")
-        torch.set_rng_state(rng_states[self.context.rank])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -447,6 +447,12 @@ def test_one_epoch_of_training_with_pretrained_encoders(bert_dir, tmp_path, with
     assert (tmp_path / "run" / "last.pt").is_file()
     after = trainer.model.encoders["text"].backbone.embeddings.word_embeddings.weight
     assert not torch.equal(before, after)  # the backbone trained (at its decayed rate)
+    # the trainer's optimiser has the layer-wise groups: the full rate first, then lr * 0.7 ** k
+    scales = sorted({round(group["lr_scale"], 12) for group in trainer.optimizer.param_groups}, reverse=True)
+    assert len(trainer.optimizer.param_groups) > 1 and scales[0] == 1.0
+    assert all(any(abs(s - 0.7 ** k) < 1e-12 for k in range(1, 8)) for s in scales[1:]), scales
+    for group in trainer.optimizer.param_groups:  # the schedule starts each group at its own rate
+        assert group["initial_lr"] == pytest.approx(trainer.settings.lr * group["lr_scale"], rel=1e-12)
     if with_timm:
         assert trainer.model.encoders["image"].image_size == 32  # filled in from the data's square images
 

@@ -8,6 +8,11 @@ result depends on tensor values (seen by a dispatch mode, wherever they are call
 Python-level copies to the host (which do not dispatch on the CPU). The step is
 ``Trainer._step`` (forward, losses, backward, optimiser, the weighting's after-step); the batch
 loader's host checks and the logging interval's one read lie outside it.
+
+This holds for ``train.precision`` fp32 and bf16, with gradient accumulation, and under both
+``train.strategy`` engines (DDP and FSDP2, checked here in a one-process gloo group). The exception
+is fp16, which is CUDA-only and not run here: its ``GradScaler.step`` reads the found-inf flag
+back from the device once per step, by design (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -268,3 +273,46 @@ def test_log_every_changes_when_the_losses_are_read_not_what_is_trained(small_da
     (weights_1, means_1), (weights_3, means_3) = runs[1], runs[3]
     assert means_1 == means_3
     assert all(torch.equal(weights_1[key], weights_3[key]) for key in weights_1)
+
+
+@pytest.mark.parametrize("overrides", [("train.precision=bf16",), ("train.grad_accumulation=2",),
+                                       ("train.grad_accumulation=2", "model.weighting.name=pcgrad")])
+def test_bf16_and_gradient_accumulation_read_nothing_back(overrides, small_data, tmp_path, monkeypatch):
+    trainer = Trainer(small_run("default", *overrides), tmp_path / "run")
+    try:
+        events = count_step_syncs(trainer, monkeypatch)
+    finally:
+        trainer.close()
+    assert trainer.step_in_epoch == 2
+    assert events == [], "\n".join(events)
+
+
+@pytest.fixture
+def one_rank_group(monkeypatch):
+    """A gloo process group of one rank, and a trainer context that counts as several processes, so that
+    the DDP and FSDP engines wrap the model as they do under torchrun."""
+    import types
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    context = types.SimpleNamespace(rank=0, world_size=1, local_rank=0, active=True, is_main=True)
+    monkeypatch.setattr(trainer_module.distributed, "setup", lambda *args, **kwargs: context)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("weighting", ["uncertainty", "pcgrad"])  # pcgrad: gradient-level, sync-free
+def test_the_ddp_and_fsdp_steps_read_nothing_back(strategy, weighting, one_rank_group, small_data, tmp_path,
+                                                  monkeypatch):
+    trainer = Trainer(small_run("default", f"train.strategy={strategy}", f"model.weighting.name={weighting}"),
+                      tmp_path / "run")
+    try:
+        assert trainer.strategy.network is not trainer.model or strategy == "fsdp"  # wrapped in DDP
+        assert strategy != "fsdp" or type(trainer.model).__name__.startswith("FSDP")  # sharded in place
+        events = count_step_syncs(trainer, monkeypatch)
+    finally:
+        trainer.close()
+    assert trainer.step_in_epoch == 2
+    assert events == [], f"{len(events)} host syncs in the {strategy} step:\n" + "\n".join(events)

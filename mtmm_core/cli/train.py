@@ -14,7 +14,10 @@ from mtmm_core.cli._output import print_metrics
 from mtmm_core.errors import UsageError
 
 # --set keys a resumed run may change: they do not change what it computes.
-RESUMABLE_SETTINGS = ("train.device", "train.progress", "train.eval_batch_size", "train.collective_timeout")
+#: What ``--set`` may change on ``--resume``: settings that change no number of the run (how often the losses are
+#: read, how many processes load the batches: the same batches for any number, tests/test_loader.py).
+RESUMABLE_SETTINGS = ("train.device", "train.progress", "train.eval_batch_size", "train.collective_timeout",
+                      "train.log_every", "train.workers", "train.prefetch")
 
 
 def _resumed_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,9 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.time()
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
-        trainer = Trainer(config, out_dir, resume=bool(args.resume), force=args.force)
-        _keep_preprocessing(trainer, out_dir)
-        metrics = trainer.run()
+        metrics = Trainer(config, out_dir, resume=bool(args.resume), force=args.force).run()
     except TrainingInterrupted as stopped:
         if main_rank:
             print(f"mtmm: {stopped}", file=sys.stderr)
@@ -125,13 +126,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keep_preprocessing(trainer: Any, out_dir: Path) -> None:
-    """A data folder built from a table: copy its preprocessing into the run (docs/tables.md)."""
-    from mtmm_core.databuild.rows import save_run_preprocessing
-
-    save_run_preprocessing(trainer.dataset, out_dir)
-
-
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``train`` to the ``mtmm`` parser."""
     training = commands.add_parser("train", help="train a model (default: configs/default.yaml on avdigits)")
@@ -148,5 +142,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     training.add_argument("--init-from", metavar="RUN_DIR",
                           help="initialise from that run's weights (transfer.init_from; docs/transfer.md)")
     training.add_argument("--nproc", type=int, default=1,
-                          help="train data-parallel in this many processes on this machine (runs torchrun)")
+                          help="train data-parallel in this many processes on this machine (runs torchrun; "
+                               "train.strategy picks DDP or FSDP; a resumed run may use another count)")
     training.set_defaults(run=cmd_train)
