@@ -12,6 +12,7 @@ import torch
 import mtmm_plugins.architectures
 from mtmm_core import build_model, hookspecs
 from mtmm_core.trainer import Trainer
+from mtmm_core.precision import Precision
 from mtmm_core.weighting import weighted_backward
 from mtmm_plugins.architectures import (
     CrossStitchNetwork,
@@ -172,7 +173,8 @@ def test_the_trainers_backward_adds_the_penalty_gradient_for_both_kinds_of_weigh
         output = model(inputs, lengths)
         losses = model.task_losses(output, targets)
         if with_penalty:
-            Trainer._backward(SimpleNamespace(model=model), losses, output, model.regularization())
+            trainer = SimpleNamespace(model=model, precision=Precision("fp32", torch.device("cpu"), False))
+            Trainer._backward(trainer, losses, output, model.regularization())
         else:
             weighted_backward(model.weighting, losses, output.fused)
         return [p.grad.clone() for p in model.architecture.parameters()]
