@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -115,14 +115,21 @@ def _column(value: Any, field: str, columns: list[str] | None) -> str:
     return value
 
 
+def _kind(field: str, entry: Any, kinds: Mapping[str, Any]) -> str:
+    """The ``kind`` of the schema entry at ``field``, one of ``kinds``; a :class:`SchemaError` naming the
+    field, the close kinds and the valid ones otherwise."""
+    if not isinstance(entry, dict):
+        raise SchemaError(field, f"expected a mapping with kind ({' | '.join(kinds)}) and column, got {entry!r}")
+    kind = entry.get("kind")
+    if kind not in kinds:
+        message = "missing" if kind is None else f"unknown kind {kind!r}{_close(kind, kinds)}"
+        raise SchemaError(f"{field}.kind", f"{message}; valid kinds: {', '.join(kinds)}")
+    return kind
+
+
 def _feature(name: str, entry: Any, columns: list[str] | None) -> dict:
     field = f"features.{name}"
-    if not isinstance(entry, dict):
-        raise SchemaError(field, f"expected a mapping with kind ({' | '.join(FEATURE_KEYS)}) and column, got {entry!r}")
-    kind = entry.get("kind")
-    if kind not in FEATURE_KEYS:
-        message = "missing" if kind is None else f"unknown kind {kind!r}{_close(kind, FEATURE_KEYS)}"
-        raise SchemaError(f"{field}.kind", f"{message}; valid kinds: {', '.join(FEATURE_KEYS)}")
+    kind = _kind(field, entry, FEATURE_KEYS)
     valid = {**COMMON, **FEATURE_KEYS[kind]}
     _unknown_keys(entry, valid, field)
     parsed = {key: entry.get(key, default) for key, default in FEATURE_KEYS[kind].items()}
@@ -171,12 +178,7 @@ def _pair(value: Any, field: str) -> list[int]:
 
 def _target(name: str, entry: Any, columns: list[str] | None) -> dict:
     field = f"targets.{name}"
-    if not isinstance(entry, dict):
-        raise SchemaError(field, f"expected a mapping with kind ({' | '.join(TARGET_KEYS)}) and column, got {entry!r}")
-    kind = entry.get("kind")
-    if kind not in TARGET_KEYS:
-        message = "missing" if kind is None else f"unknown kind {kind!r}{_close(kind, TARGET_KEYS)}"
-        raise SchemaError(f"{field}.kind", f"{message}; valid kinds: {', '.join(TARGET_KEYS)}")
+    kind = _kind(field, entry, TARGET_KEYS)
     _unknown_keys(entry, ("kind", "column", *TARGET_KEYS[kind]), field)
     if "column" not in entry:
         raise SchemaError(f"{field}.column", "missing: the column holding the target")
